@@ -1,0 +1,34 @@
+# One command runs the demo, one runs the tests; both build what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test check bench models clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,broker]'
+	touch $@
+
+demo: $(BIN)/.installed          ## broker + module + simulator + live results
+	$(BIN)/edgeinfer demo
+
+test: $(BIN)/.installed          ## the whole suite, against a mosquitto it starts itself
+	@command -v mosquitto >/dev/null || { echo "make test needs mosquitto (apt-get install mosquitto)"; exit 1; }
+	$(BIN)/python -m pytest
+
+check: $(BIN)/.installed         ## lint, format and type checks
+	$(BIN)/ruff check module tests benchmarks models
+	$(BIN)/ruff format --check module tests benchmarks models
+	$(BIN)/mypy
+
+bench: $(BIN)/.installed         ## pass-through vs naive peer vs edgeinfer, one table
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+models:                          ## retrain the sample models (needs the heavy 'train' extra)
+	$(BIN)/python -m pip install -q -e '.[train]'
+	$(BIN)/python models/build_models.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache module/*.egg-info

@@ -1,0 +1,353 @@
+"""Configuration: frozen, validated dataclasses and the one place they are resolved.
+
+Precedence, highest first: command-line flags, ``EDGEINFER_<SECTION>_<KEY>``
+environment variables, the TOML file, the defaults below. Unknown keys, in the
+file or the environment, are errors rather than silently ignored: a typo in a
+fleet-wide config must not quietly run with a default.
+
+``deployment/edgeinfer.example.toml`` documents every key; a test keeps it in
+step with these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgeinfer.errors import ConfigError
+
+ENV_PREFIX = "EDGEINFER_"
+#: Environment variable naming the TOML file, for containers that cannot pass flags.
+CONFIG_ENV = "EDGEINFER_CONFIG"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BROKER_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, expected)
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    """Identity and lifecycle of this module instance."""
+
+    id: str = "edgeinfer"
+    state_dir: str = "./state"
+    shutdown_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(bool(_ID_RE.match(self.id)), "module.id", self.id,
+                 "1-64 characters of letters, digits, '_', '-', '.', starting with a letter or digit")
+        _require(bool(self.state_dir), "module.state_dir", self.state_dir, "a directory path")
+        _require(self.shutdown_timeout_s > 0, "module.shutdown_timeout_s",
+                 self.shutdown_timeout_s, "a number of seconds > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to serve and how the runtime may use the CPU."""
+
+    path: str = ""
+    threads: int = 0
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+
+    def __post_init__(self) -> None:
+        _require(self.threads >= 0, "model.threads", self.threads,
+                 "an integer >= 0 (0 lets the runtime decide)")
+        _require(len(self.providers) > 0, "model.providers", self.providers,
+                 "at least one ONNX Runtime execution provider name")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How to reach the MQTT broker."""
+
+    url: str = "mqtt://localhost:1883"
+    protocol: str = "5"
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    keepalive_s: int = 30
+    session_expiry_s: int = 86400
+    receive_maximum: int = 256
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    tls_verify: bool = True
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        _require(parts.scheme in _BROKER_SCHEMES and bool(parts.hostname), "broker.url", self.url,
+                 "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        _require(port is None or 0 < port < 65536, "broker.url", self.url, "a port in 1..65535")
+        _require(self.protocol in ("5", "3.1.1"), "broker.protocol", self.protocol, '"5" or "3.1.1"')
+        _require(self.keepalive_s >= 5, "broker.keepalive_s", self.keepalive_s, "an integer >= 5")
+        _require(self.session_expiry_s >= 0, "broker.session_expiry_s", self.session_expiry_s,
+                 "an integer >= 0")
+        _require(1 <= self.receive_maximum <= 65535, "broker.receive_maximum",
+                 self.receive_maximum, "an integer in 1..65535")
+        _require(0 < self.reconnect_min_s <= self.reconnect_max_s, "broker.reconnect_min_s",
+                 self.reconnect_min_s, f"a number of seconds in (0, {self.reconnect_max_s}]")
+        _require(bool(self.cert_file) == bool(self.key_file), "broker.cert_file", self.cert_file,
+                 "cert_file and key_file given together")
+        _require(not (self.password and self.password_file), "broker.password_file",
+                 self.password_file, "either password or password_file, not both")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or _BROKER_SCHEMES[parts.scheme]
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtts", "ssl")
+
+    def resolved_password(self) -> str:
+        """The password, read from ``password_file`` when that is set."""
+        if not self.password_file:
+            return self.password
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError("broker.password_file", self.password_file,
+                              f"a readable file ({exc.strerror})") from exc
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Which topics to read and where results go."""
+
+    inputs: list[str] = field(default_factory=lambda: ["sensors/#"])
+    output: str = "inference/{topic}"
+    input_qos: int = 1
+    output_qos: int = 1
+
+    def __post_init__(self) -> None:
+        _require(len(self.inputs) > 0 and all(self.inputs), "topics.inputs", self.inputs,
+                 "a non-empty list of MQTT topic filters")
+        for flt in self.inputs:
+            _require(_valid_filter(flt), "topics.inputs", flt,
+                     "a topic filter where '#' is last and wildcards fill whole levels")
+        _require(bool(self.output) and "#" not in self.output and "+" not in self.output,
+                 "topics.output", self.output, "a topic template without wildcards")
+        try:
+            self.output.format_map(_ProbeTemplate())
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ConfigError("topics.output", self.output,
+                              "a template using only {topic}, {module_id}, {1}, {2}, ...") from exc
+        _require(self.input_qos in (0, 1), "topics.input_qos", self.input_qos, "0 or 1")
+        _require(self.output_qos in (0, 1), "topics.output_qos", self.output_qos, "0 or 1")
+
+
+class _ProbeTemplate(dict[str, str]):
+    """Accepts exactly the placeholders an output template may use."""
+
+    def __missing__(self, key: str) -> str:
+        if key in ("topic", "module_id") or key.isdigit():
+            return "x"
+        raise KeyError(key)
+
+
+def _valid_filter(flt: str) -> bool:
+    levels = flt.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Decode, batch and run settings."""
+
+    max_batch: int = 32
+    max_delay_ms: float = 0.0
+    queue_size: int = 1024
+    max_payload_bytes: int = 1_048_576
+    allow_non_finite: bool = False
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.max_batch <= 4096, "pipeline.max_batch", self.max_batch,
+                 "an integer in 1..4096")
+        _require(0 <= self.max_delay_ms <= 1000, "pipeline.max_delay_ms", self.max_delay_ms,
+                 "milliseconds in 0..1000")
+        _require(self.queue_size >= 1, "pipeline.queue_size", self.queue_size, "an integer >= 1")
+        _require(self.max_payload_bytes >= 64, "pipeline.max_payload_bytes",
+                 self.max_payload_bytes, "an integer >= 64")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The metrics and health endpoint."""
+
+    listen: str = "127.0.0.1:9108"
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, _, port = self.listen.rpartition(":")
+            _require(bool(host) and port.isdigit() and int(port) < 65536, "http.listen",
+                     self.listen, 'HOST:PORT (port 0 picks a free one), or "" to disable')
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging on stderr."""
+
+    level: str = "INFO"
+    format: str = "json"
+
+    def __post_init__(self) -> None:
+        _require(self.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
+                 self.level, "DEBUG, INFO, WARNING or ERROR")
+        _require(self.format in ("json", "text"), "log.format", self.format, '"json" or "text"')
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one module."""
+
+    module: ModuleConfig = field(default_factory=ModuleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"edgeinfer-{self.module.id}"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Resolve the configuration from file, environment and flags.
+
+    Args:
+        path: TOML file; when None, ``$EDGEINFER_CONFIG`` is used if set.
+        env: the environment (``os.environ`` when None).
+        overrides: dotted keys from the command line, e.g. ``{"broker.url": ...}``;
+            None values are ignored.
+
+    Raises:
+        ConfigError: naming the key and the bad value.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    path = path if path is not None else env.get(CONFIG_ENV) or None
+    if path is not None:
+        _merge_file(merged, Path(path))
+    _merge_env(merged, env)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            merged[section][key] = value
+    sections = {}
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        values = {key: _coerce(f"{name}.{key}", val, hints[key]) for key, val in merged[name].items()}
+        sections[name] = cls(**values)
+    return Config(**sections)
+
+
+def _merge_file(merged: dict[str, dict[str, Any]], path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"a readable TOML file ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", str(path), f"valid TOML ({exc})") from exc
+    for section, values in data.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise ConfigError(section, values, f"a [section], one of {sorted(SECTIONS)}")
+        for key, value in values.items():
+            _check_known(section, key, value)
+            merged[section][key] = value
+
+
+def _merge_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in SECTIONS:
+            raise ConfigError(name, raw, f"EDGEINFER_<SECTION>_<KEY> with SECTION one of "
+                                         f"{sorted(s.upper() for s in SECTIONS)}")
+        _check_known(section, key, raw, label=name)
+        merged[section][key] = raw
+
+
+def _check_known(section: str, key: str, value: object, label: str | None = None) -> None:
+    known = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if key not in known:
+        raise ConfigError(label or f"{section}.{key}", value,
+                          f"a known key of [{section}]: {', '.join(known)}")
+
+
+def _coerce(key: str, value: object, kind: Any) -> object:
+    """Return ``value`` as ``kind``; strings (from env or flags) are parsed."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(key, value, "true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        raise ConfigError(key, value, "an integer")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, value, "a number")
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise ConfigError(key, value, "a list of strings (comma-separated in the environment)")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(key, value, "a string")

@@ -1,0 +1,60 @@
+"""The one exception tree of edgeinfer.
+
+::
+
+    EdgeInferError
+    ├── ConfigError          bad command line, environment or TOML value (exit code 2)
+    ├── ModelError           a model file that cannot be recognised or loaded
+    ├── ReadingError         one reading rejected; reported on the errors topic
+    └── BrokerError          the broker URL or connection settings cannot work
+
+Errors raised by outside libraries (onnxruntime, LiteRT, paho, orjson) are
+translated into these at the boundary, and every message quotes the bad value
+and says what was expected.
+"""
+
+from __future__ import annotations
+
+
+class EdgeInferError(Exception):
+    """Base class of every error edgeinfer raises on purpose."""
+
+
+class ConfigError(EdgeInferError):
+    """A configuration value is missing or invalid.
+
+    Attributes:
+        key: the dotted key (``pipeline.max_batch``) or flag that is wrong.
+        value: the value as given.
+        expected: what would have been accepted.
+    """
+
+    def __init__(self, key: str, value: object, expected: str) -> None:
+        self.key = key
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{key} = {value!r}: expected {expected}")
+
+
+class ModelError(EdgeInferError):
+    """A model file cannot be recognised, loaded or run."""
+
+
+class ReadingError(EdgeInferError):
+    """One reading is rejected.
+
+    Attributes:
+        code: a short, stable machine-readable cause (``wrong_shape``,
+            ``bad_json``, ...); it becomes the ``error`` field of the report
+            and the ``reason`` label of the errors metric.
+        reason: the human explanation, naming what was expected.
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code}: {reason}")
+
+
+class BrokerError(EdgeInferError):
+    """The broker cannot be reached or refuses the connection settings."""

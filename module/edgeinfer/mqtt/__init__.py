@@ -1,0 +1,1 @@
+"""MQTT transport: the paho connection, ordered acknowledgements and topic templates."""

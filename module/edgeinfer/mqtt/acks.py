@@ -1,0 +1,76 @@
+"""Acknowledge QoS 1 readings in arrival order, once their answer is safe at the broker.
+
+A reading is acknowledged (paho manual ack) only after its result or error
+report has been acknowledged by the broker, so a crash at any moment loses no
+reading. PUBACKs leave in the order the readings arrived, as MQTT asks, even
+though answers may complete out of order: a reading waits until every earlier
+one is complete.
+
+Packet ids are only meaningful on the connection that delivered them. Each new
+connection starts a new epoch; tickets of an older epoch are never acknowledged
+(the broker redelivers those readings on the new connection).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+
+class Ticket:
+    """One received reading awaiting acknowledgement."""
+
+    __slots__ = ("done", "epoch", "mid", "qos")
+
+    def __init__(self, mid: int, qos: int, epoch: int) -> None:
+        self.mid = mid
+        self.qos = qos
+        self.epoch = epoch
+        self.done = False
+
+
+class AckTracker:
+    """Orders and sends the acknowledgements of one client.
+
+    Thread-safety: ``register`` runs on paho's network thread, ``complete`` on
+    whichever thread learns that an answer was acknowledged; all state is
+    guarded by one lock, and ``send_ack`` is called under it so that two
+    completing threads cannot reorder PUBACKs.
+    """
+
+    def __init__(self, send_ack: Callable[[int, int], object]) -> None:
+        self._send_ack = send_ack
+        self._lock = threading.Lock()
+        self._pending: deque[Ticket] = deque()
+        self._epoch = 0
+
+    def new_epoch(self) -> None:
+        """Forget every pending ticket: a new connection has been made."""
+        with self._lock:
+            self._epoch += 1
+            self._pending.clear()
+
+    def register(self, mid: int, qos: int) -> Ticket:
+        """Record a reading just received on the current connection."""
+        with self._lock:
+            ticket = Ticket(mid, qos, self._epoch)
+            self._pending.append(ticket)
+            return ticket
+
+    def complete(self, ticket: Ticket) -> None:
+        """Mark ``ticket`` answered and acknowledge every leading answered reading."""
+        with self._lock:
+            ticket.done = True
+            if ticket.epoch != self._epoch:
+                return
+            pending = self._pending
+            while pending and pending[0].done:
+                head = pending.popleft()
+                if head.qos > 0:
+                    self._send_ack(head.mid, head.qos)
+
+    @property
+    def unacked(self) -> int:
+        """Readings received on this connection and not yet acknowledged."""
+        return len(self._pending)

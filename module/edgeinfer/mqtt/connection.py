@@ -1,0 +1,283 @@
+"""The paho-mqtt connection, owned and supervised.
+
+Threads, and what each one owns:
+
+[1] paho's network thread (``loop_start``) reads and writes the socket and runs
+    every callback: ``on_message`` registers a reading with the ack tracker and
+    hands it to the sink, ``on_publish`` completes the answer's callback.
+[2] the supervisor thread makes each connection attempt and waits between them
+    with jittered exponential backoff; paho's own reconnect is off because its
+    backoff has no jitter, and a fleet reconnecting in lockstep after a broker
+    restart is what jitter is for.
+[3] any other thread may call ``publish``; paho queues the packet and [1]
+    writes it.
+
+The session is persistent (MQTT 5 ``clean_start=False`` with a session expiry,
+or 3.1.1 ``clean_session=False``), so readings sent while the module is away
+are delivered when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgeinfer.config import BrokerConfig
+from edgeinfer.errors import BrokerError
+from edgeinfer.mqtt.acks import AckTracker, Ticket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message received on a subscribed topic."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    ticket: Ticket
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": half the step fixed, half random."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self._min = minimum
+        self._max = maximum
+
+    def delay(self, attempt: int) -> float:
+        step = min(self._max, self._min * (2 ** min(attempt, 30)))
+        return step / 2 + random.uniform(0, step / 2)
+
+
+class MqttConnection:
+    """A supervised, persistent-session MQTT client with manual, ordered acks."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        subscriptions: list[tuple[str, int]],
+        on_message: Callable[[Incoming], None],
+        status_topic: str,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._subscriptions = subscriptions
+        self._sink = on_message
+        self._status_topic = status_topic
+        self._on_state = on_state
+        self._v5 = config.protocol == "5"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            clean_session=None if self._v5 else False,
+            reconnect_on_failure=False,
+            manual_ack=True,
+        )
+        self._client.enable_logger(logging.getLogger("edgeinfer.paho"))
+        # Many answers in flight at once; acks come back through on_publish.
+        self._client.max_inflight_messages_set(max(20, config.receive_maximum))
+        self._client.max_queued_messages_set(0)
+        self._client.will_set(status_topic, orjson.dumps({"state": "offline"}), qos=1, retain=True)
+        if config.username:
+            self._client.username_pw_set(config.username, config.resolved_password())
+        if config.tls:
+            self._configure_tls()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_socket_open = self._on_socket_open
+        self.tracker = AckTracker(self._client.ack)
+        self._accepting = True
+        self._connected = threading.Event()
+        self._lost = threading.Event()
+        self._stopping = threading.Event()
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._supervisor: threading.Thread | None = None
+        self._connected_once_this_attempt = False
+        self.last_error = "not connected yet"
+        self.connects = 0
+        # mid -> callback; a PUBACK can overtake publish() returning, so an
+        # ack for an unknown mid is parked in _early until its publish lands.
+        self._callbacks: dict[int, Callable[[], None] | None] = {}
+        self._early: set[int] = set()
+        self._pub_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once."""
+        self._supervisor = threading.Thread(target=self._supervise, name="mqtt-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop_intake(self) -> None:
+        """Stop taking readings; those that arrive stay unacknowledged at the broker."""
+        self._accepting = False
+
+    def stop(self, timeout: float) -> None:
+        """Publish ``offline``, disconnect cleanly and stop the threads."""
+        self._stopping.set()
+        if self.connected:
+            delivered = threading.Event()
+            self.publish(self._status_topic, orjson.dumps({"state": "offline"}), qos=1,
+                         retain=True, on_done=delivered.set)
+            if not delivered.wait(min(timeout, 2.0)):
+                log.warning("could not publish offline status before disconnecting")
+            self._client.disconnect()
+        self._lost.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
+
+    def _supervise(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            self._lost.clear()
+            try:
+                self._connect()
+            except (OSError, ValueError) as exc:
+                self.last_error = f"cannot connect to {self._config.url}: {exc}"
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("%s; retrying in %.1f s", self.last_error, delay)
+                self._stopping.wait(delay)
+                continue
+            self._client.loop_start()
+            self._lost.wait()
+            self._client.loop_stop()
+            if self._stopping.is_set():
+                break
+            attempt = 0 if self._connected_once_this_attempt else attempt + 1
+            delay = self._backoff.delay(attempt)
+            log.warning("connection lost (%s); reconnecting in %.1f s", self.last_error, delay)
+            self._stopping.wait(delay)
+
+    def _connect(self) -> None:
+        self._connected_once_this_attempt = False
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._config.session_expiry_s
+            props.ReceiveMaximum = self._config.receive_maximum
+            kwargs = {"clean_start": False, "properties": props}
+        self._client.connect(self._config.host, self._config.port, self._config.keepalive_s,
+                             **kwargs)
+
+    def _configure_tls(self) -> None:
+        cfg = self._config
+        try:
+            self._client.tls_set(
+                ca_certs=cfg.ca_file or None,
+                certfile=cfg.cert_file or None,
+                keyfile=cfg.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED if cfg.tls_verify else ssl.CERT_NONE,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"TLS settings for {cfg.url} do not work: {exc}") from exc
+        if not cfg.tls_verify:
+            log.warning("broker.tls_verify is off: the broker's certificate is not checked")
+            self._client.tls_insecure_set(True)
+
+    # -- paho callbacks (thread [1]) --------------------------------------------
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle on: a small answer would wait ~40 ms for the
+        # previous packet's ack before leaving.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any,
+                    reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker {self._config.url} refused the connection: {reason}"
+            log.error("%s", self.last_error)
+            return
+        self._connected_once_this_attempt = True
+        self.connects += 1
+        self.tracker.new_epoch()
+        for flt, qos in self._subscriptions:
+            client.subscribe(flt, qos=qos)
+        self.publish(self._status_topic, orjson.dumps({"state": "online"}), qos=1, retain=True)
+        self._connected.set()
+        log.info("connected to %s (session present: %s)", self._config.url,
+                 bool(getattr(flags, "session_present", False)))
+        if self._on_state:
+            self._on_state(True)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
+                       reason: Any, properties: Any) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if not self._stopping.is_set() and was_connected:
+            self.last_error = f"disconnected: {reason}"
+        self._lost.set()
+        if was_connected and self._on_state:
+            self._on_state(False)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if not self._accepting:
+            return  # left unacknowledged: the broker redelivers it next session
+        ticket = self.tracker.register(msg.mid, msg.qos)
+        self._sink(Incoming(msg.topic, msg.payload, msg.qos, bool(msg.retain), ticket))
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
+                    reason: Any, properties: Any) -> None:
+        with self._pub_lock:
+            if mid in self._callbacks:
+                callback = self._callbacks.pop(mid)
+            else:
+                self._early.add(mid)
+                return
+        if callback is not None:
+            callback()
+
+    # -- publishing (any thread) ------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                on_done: Callable[[], None] | None = None) -> None:
+        """Queue a message; ``on_done`` runs once the broker has it (PUBACK, or sent for QoS 0).
+
+        QoS 1 messages published while disconnected stay queued in paho and
+        are sent after the reconnect.
+        """
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and qos == 0:
+            # A QoS 0 message is dropped when offline; its callback would never run.
+            if on_done is not None:
+                on_done()
+            return
+        with self._pub_lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                run_now = True
+            else:
+                self._callbacks[info.mid] = on_done
+                run_now = False
+        if run_now and on_done is not None:
+            on_done()

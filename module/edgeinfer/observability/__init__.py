@@ -1,0 +1,1 @@
+"""Prometheus metrics, health endpoints and JSON logs."""

@@ -1,0 +1,1 @@
+"""The reading pipeline: decode -> batch -> run -> split -> encode -> publish."""

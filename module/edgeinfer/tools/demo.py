@@ -1,0 +1,150 @@
+"""``edgeinfer demo``: broker, module, simulator and live results in one command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import paho.mqtt.client as paho
+
+from edgeinfer.tools.broker import LocalBroker, free_port, port_open
+from edgeinfer.tools.recordings import load_recordings
+from edgeinfer.tools.simulate import connect_client, recording_index, simulate
+
+REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
+DEFAULT_MODEL = REPO_MODELS / "har" / "onnx" / "model.onnx"
+
+
+def wait_ready(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> float:
+    """Poll ``/readyz`` until it answers 200; returns the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the module exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(f"the module was not ready within {timeout} s")
+
+
+class ResultWatcher:
+    """Collects results and prints each one as it arrives."""
+
+    def __init__(self, truth: list[str], sent_at: dict[int, float], quiet_after: int) -> None:
+        self.truth = truth
+        self.sent_at = sent_at
+        self.latencies_ms: list[float] = []
+        self.correct = 0
+        self.ids: set[int] = set()
+        self.errors = 0
+        self.quiet_after = quiet_after
+        self.lock = threading.Lock()
+
+    def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        doc = orjson.loads(msg.payload)
+        if msg.topic.endswith("/errors"):
+            self.errors += 1
+            print(f"  error on {doc['topic']}: {doc['error']}: {doc['reason']}", flush=True)
+            return
+        rid = int(doc["id"])
+        truth = self.truth[recording_index(rid, len(self.truth))]
+        with self.lock:
+            self.ids.add(rid)
+            e2e = (now - float(doc["ts"])) * 1000
+            self.latencies_ms.append(e2e)
+            self.correct += doc["label"] == truth
+            count = len(self.ids)
+        if count <= self.quiet_after:
+            mark = "ok " if doc["label"] == truth else "MISS"
+            print(f"  {doc['topic']:<18} id={rid:<5} {mark} label={doc['label']:<9} "
+                  f"score={doc['score']:.3f} (truth {truth:<9}) model={doc['model']} "
+                  f"{doc['version']}  inference+queue {doc['latency_ms']:.2f} ms  "
+                  f"end-to-end {e2e:.2f} ms", flush=True)
+
+
+def run_demo(duration: float, model: Path | None = None) -> int:
+    model = model or DEFAULT_MODEL
+    if not model.is_file():
+        print(f"demo: no sample model at {model}; give --model", file=sys.stderr)
+        return 2
+    broker: LocalBroker | None = None
+    if port_open("127.0.0.1", 1883):
+        url = "mqtt://127.0.0.1:1883"
+        print(f"[demo] using the broker already listening on {url}")
+    else:
+        broker = LocalBroker(port=1883, persistence=False).start()
+        url = broker.url
+        print(f"[demo] started {broker.kind} on {url}")
+    state = Path(tempfile.mkdtemp(prefix="edgeinfer-demo-"))
+    http_port = free_port()
+    module_id = f"demo-{os.getpid()}"
+    env = dict(os.environ, EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+               EDGEINFER_LOG_FORMAT="text", EDGEINFER_LOG_LEVEL="WARNING")
+    cmd = [sys.executable, "-m", "edgeinfer", "run", "--model", str(model), "--broker", url,
+           "--module-id", module_id, "--state-dir", str(state)]
+    print(f"[demo] starting the module: edgeinfer run --model {model} --broker {url}")
+    proc = subprocess.Popen(cmd, env=env)
+    watcher_client: paho.Client | None = None
+    try:
+        ready_s = wait_ready(http_port, 30, proc)
+        print(f"[demo] module ready in {ready_s:.2f} s; metrics on http://127.0.0.1:{http_port}/metrics")
+        rec = load_recordings()
+        truth = [rec.label_names[i] for i in rec.labels]
+        live_count = max(1, int(duration * 5))
+        watcher = ResultWatcher(truth, {}, quiet_after=live_count)
+        watcher_client = connect_client(url, on_message=watcher.on_message,
+                                        subscribe=["inference/sensors/+/imu",
+                                                   f"edgeinfer/{module_id}/errors"])
+        print(f"[demo] replaying {live_count} real BasicMotions recordings at 5/s "
+              f"(sensors/sim1..4/imu):")
+        simulate(url, rate=5, count=live_count, devices=4)
+        _wait_for(lambda: len(watcher.ids) >= live_count, 5)
+        burst = 2000
+        print(f"[demo] now a burst: {burst} readings at 1000/s ...", flush=True)
+        started = time.monotonic()
+        simulate(url, rate=1000, count=burst, devices=4, first_id=live_count)
+        _wait_for(lambda: len(watcher.ids) >= live_count + burst, 15)
+        took = time.monotonic() - started
+        total = live_count + burst
+        lat = np.asarray(watcher.latencies_ms[live_count:] or [float("nan")])
+        print("\n[demo] summary")
+        print(f"  readings sent      {total}")
+        print(f"  results received   {len(watcher.ids)}  (lost {total - len(watcher.ids)}, "
+              f"errors {watcher.errors})")
+        print(f"  accuracy vs truth  {watcher.correct / max(1, len(watcher.latencies_ms)):.1%}")
+        print(f"  burst throughput   {burst / took:.0f} readings/s")
+        print(f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
+              f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms")
+        return 0 if len(watcher.ids) == total else 1
+    finally:
+        if watcher_client is not None:
+            watcher_client.disconnect()
+            watcher_client.loop_stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if broker is not None:
+            broker.cleanup()
+
+
+def _wait_for(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
