@@ -6,9 +6,10 @@ reading. PUBACKs leave in the order the readings arrived, as MQTT asks, even
 though answers may complete out of order: a reading waits until every earlier
 one is complete.
 
-Packet ids are only meaningful on the connection that delivered them. Each new
-connection starts a new epoch; tickets of an older epoch are never acknowledged
-(the broker redelivers those readings on the new connection).
+Packet ids are only meaningful on the connection that delivered them. Losing a
+connection ends its epoch (and so does each new one); tickets of an older epoch
+are never acknowledged: the broker redelivers those readings on the new
+connection.
 """
 
 from __future__ import annotations

@@ -234,6 +234,11 @@ class MqttConnection:
                        reason: Any, properties: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        # End the epoch now, not at the next CONNACK: reconnect() clears paho's
+        # packet queue, and an ack queued after that clear but before the new
+        # epoch would carry an old packet id onto the new connection, where it
+        # would acknowledge some other reading.
+        self.tracker.new_epoch()
         if not self._stopping.is_set() and was_connected:
             self.last_error = f"disconnected: {reason}"
         self._lost.set()

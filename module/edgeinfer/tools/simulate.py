@@ -12,17 +12,25 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.tools.recordings import load_recordings
 
 
 def connect_client(url: str, client_id: str = "", on_message: Callable[..., None] | None = None,
-                   subscribe: list[str] | None = None, timeout: float = 10.0) -> paho.Client:
-    """A started paho client (MQTT 5, TCP_NODELAY), subscribed before this returns."""
+                   subscribe: list[str] | None = None, timeout: float = 10.0,
+                   session_expiry_s: int = 0, reconnect_delay_s: float = 0.1) -> paho.Client:
+    """A started paho client (MQTT 5, TCP_NODELAY), subscribed before this returns.
+
+    With ``session_expiry_s`` (and a ``client_id``) the session outlives a
+    disconnect, so QoS 1 messages sent meanwhile are delivered on reconnect.
+    """
     broker = BrokerConfig(url=url)
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=paho.MQTTv5)
+    client.reconnect_delay_set(reconnect_delay_s, max(1.0, reconnect_delay_s))
     client.max_inflight_messages_set(1000)
     ready = threading.Event()
 
@@ -40,7 +48,12 @@ def connect_client(url: str, client_id: str = "", on_message: Callable[..., None
     client.on_subscribe = on_subscribe
     if on_message is not None:
         client.on_message = on_message
-    client.connect(broker.host, broker.port, 30)
+    props = None
+    if session_expiry_s:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry_s
+    client.connect(broker.host, broker.port, 30, clean_start=not session_expiry_s,
+                   properties=props)
     client.loop_start()
     if not ready.wait(timeout):
         client.loop_stop()

@@ -1,0 +1,220 @@
+"""End to end through a real mosquitto: readings in, results and error reports out."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from edgeinfer.tools.broker import LocalBroker
+from edgeinfer.tools.recordings import Recordings
+from tests.support import ONNX_MODEL, TFLITE_MODEL, Collector, ModuleProcess, Publisher
+
+
+def reference(windows: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(ONNX_MODEL), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(["probabilities"], {"window": windows})[0])
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def start(modules: list[ModuleProcess], broker: LocalBroker, tmp_path: Path, model: Path = ONNX_MODEL,
+          **env: str) -> ModuleProcess:
+    module = ModuleProcess(broker.url, model, tmp_path, env=env).start()
+    modules.append(module)
+    return module
+
+
+def test_every_payload_format_gets_the_models_answer_with_id_and_ts_echoed(
+        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
+        recordings: Recordings) -> None:
+    module = start(modules, broker, tmp_path)
+    window = recordings.windows[12]
+    expected = reference(window[np.newaxis])
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    pub.send(module.topic("nested"), {"id": "a-1", "ts": 1700000000.5, "features": window.tolist()})
+    pub.send(module.topic("flat"), window.ravel().tolist())
+    pub.send(module.topic("npy"), npy_bytes(window))
+    pub.send(module.topic("named"), {"id": 7, "inputs": {"window": window.tolist()}})
+    pub.send(module.topic("batched"), {"id": 8, "features": window[np.newaxis].tolist()})
+    sink.wait_for(5)
+    by_topic = {d["topic"].rsplit("/", 1)[1]: d for d in sink.docs()}
+    assert sorted(by_topic) == ["batched", "flat", "named", "nested", "npy"]
+    truth = recordings.label_names[recordings.labels[12]]
+    for doc in by_topic.values():
+        assert doc["model"] == "har"
+        assert doc["version"] == "1.0.0"
+        np.testing.assert_allclose(doc["outputs"]["probabilities"], expected, atol=1e-6)
+        assert doc["label"] == truth
+        assert doc["score"] == pytest.approx(float(expected.max()), abs=1e-6)
+        assert doc["latency_ms"] >= 0
+    assert by_topic["nested"]["id"] == "a-1"
+    assert by_topic["nested"]["ts"] == 1700000000.5
+    assert by_topic["nested"]["topic"] == module.topic("nested")
+    assert by_topic["named"]["id"] == 7
+    assert by_topic["flat"]["id"] is None
+    sink.close()
+    pub.close()
+
+
+def test_a_multi_input_model_takes_named_inputs_with_int64_and_several_rows(
+        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
+        multi_input_model: Path) -> None:
+    module = start(modules, broker, tmp_path, model=multi_input_model)
+    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
+    pub = Publisher(broker.url)
+    pub.send(module.topic("one"), {"id": 1, "inputs": {"x": [1, 2, 3], "k": 4}})
+    pub.send(module.topic("two"), {"id": 2, "inputs": {"x": [[1, 2, 3], [4, 5, 6]],
+                                                        "k": [[1], [2]]}})
+    pub.send(module.topic("bad"), {"id": 3, "inputs": {"x": [1, 2, 3], "k": 1.5}})
+    pub.send(module.topic("missing"), {"id": 4, "inputs": {"x": [1, 2, 3]}})
+    sink.wait_for(4)
+    results = {d["id"]: d for d in sink.docs("/inference/")}
+    errors = {d["id"]: d for d in sink.docs("/errors")}
+    assert results[1]["outputs"] == {"y": [[10.0]]}
+    assert results[2]["outputs"] == {"y": [[7.0], [17.0]]}
+    assert "label" not in results[1]
+    assert errors[3]["error"] == "wrong_dtype"
+    assert errors[3]["reason"] == "input 'k' holds non-integer values: expected integers for int64"
+    assert errors[4]["error"] == "bad_payload"
+    assert errors[4]["reason"] == "inputs ['x'] do not match the model: expected exactly ['x', 'k']"
+    sink.close()
+    pub.close()
+
+
+def test_the_tflite_model_serves_the_same_answers_as_the_onnx_model(
+        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
+        recordings: Recordings) -> None:
+    module = start(modules, broker, tmp_path, model=TFLITE_MODEL)
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    for i, window in enumerate(recordings.windows):
+        pub.send(module.topic("imu"), {"id": i, "features": window.tolist()})
+    sink.wait_for(len(recordings.windows))
+    docs = sorted(sink.docs(), key=lambda d: d["id"])
+    got = np.array([d["outputs"]["probabilities"][0] for d in docs])
+    np.testing.assert_allclose(got, reference(recordings.windows), atol=1e-5)
+    labels = [d["label"] for d in docs]
+    assert labels == [recordings.label_names[i] for i in recordings.labels]
+    sink.close()
+    pub.close()
+
+
+def test_batching_on_and_off_give_identical_results(
+        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
+        recordings: Recordings) -> None:
+    single = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_BATCH="1")
+    batched = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_BATCH="16",
+                    EDGEINFER_PIPELINE_MAX_DELAY_MS="20")
+    answers = {}
+    for module in (single, batched):
+        sink = Collector(broker.url, [module.result_topic("+")])
+        pub = Publisher(broker.url)
+        for i, window in enumerate(recordings.windows):
+            pub.send(module.topic("imu"), {"id": i, "features": window.tolist()})
+        sink.wait_for(len(recordings.windows))
+        answers[module] = {d["id"]: d["outputs"]["probabilities"] for d in sink.docs()}
+        sink.close()
+        pub.close()
+    assert len(answers[single]) == len(answers[batched]) == len(recordings.windows)
+    for i in answers[single]:
+        np.testing.assert_allclose(answers[batched][i], answers[single][i], rtol=0, atol=1e-6)
+    runs_single = single.metric("edgeinfer_batch_size_count")
+    runs_batched = batched.metric("edgeinfer_batch_size_count")
+    assert runs_single == len(recordings.windows)
+    assert batched.metric("edgeinfer_batch_size_sum") == len(recordings.windows)
+    assert runs_batched < runs_single / 2, "the batched module should have run fewer, larger batches"
+
+
+BAD_READINGS: list[tuple[bytes, str, str]] = [
+    (b'{"features": [1, 2', "bad_json", "payload is not JSON"),
+    (b"\xff\xfe\x00garbage", "bad_encoding", "payload is not valid UTF-8"),
+    (b'{"features": [NaN, 1]}', "bad_json", "payload is not JSON"),
+    (orjson.dumps({"features": [1.0] * 599}), "wrong_shape",
+     "input 'window' got shape [599] (599 values): expected 600 values shaped [100, 6]"),
+    (orjson.dumps({"features": ["a"] * 600}), "wrong_dtype",
+     "input 'window' holds strings: expected numbers for float32"),
+    (orjson.dumps({"features": [[1, 2], [3]]}), "wrong_shape", "input 'window' is a ragged array"),
+    (orjson.dumps({"id": "big", "features": [0.5] * 40_000}), "oversize",
+     "expected at most 65536 (pipeline.max_payload_bytes)"),
+    (npy_bytes(np.full((100, 6), np.nan, np.float32)), "not_finite",
+     "input 'window' holds NaN or infinity: expected finite numbers"),
+    (b"\x93NUMPYbroken", "bad_npy", "cannot read .npy payload"),
+    (b'"just a string"', "bad_payload", 'payload is a JSON str: expected an object'),
+    (orjson.dumps({"id": 99, "readings": [1]}), "bad_payload",
+     'payload has neither "features" nor "inputs"'),
+]
+
+
+def test_a_flood_of_malformed_readings_is_reported_and_the_module_keeps_serving(
+        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
+        recordings: Recordings) -> None:
+    module = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_PAYLOAD_BYTES="65536")
+    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
+    pub = Publisher(broker.url)
+    rounds = 20
+    for r in range(rounds):
+        for payload, _, _ in BAD_READINGS:
+            pub.send(module.topic("bad"), payload)
+        pub.send(module.topic("good"), {"id": r, "features": recordings.windows[r].tolist()})
+    total = rounds * (len(BAD_READINGS) + 1)
+    sink.wait_for(total, timeout=30)
+    errors = sink.docs("/errors")
+    results = sink.docs("/inference/")
+    assert len(errors) == rounds * len(BAD_READINGS)
+    assert sorted(d["id"] for d in results) == list(range(rounds))
+    for i, (_, code, reason) in enumerate(BAD_READINGS):
+        report = errors[i]
+        assert report["topic"] == module.topic("bad")
+        assert report["error"] == code
+        assert reason in report["reason"]
+    assert errors[6]["id"] == "big"
+    assert errors[10]["id"] == 99
+    assert module.http_get("/readyz")[0] == 200
+    assert module.metric("edgeinfer_reading_errors_total") == rounds * len(BAD_READINGS)
+    assert module.metric("edgeinfer_results_published_total") == rounds
+    sink.close()
+    pub.close()
+
+
+def test_health_readiness_and_metrics_endpoints(
+        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path) -> None:
+    module = start(modules, broker, tmp_path)
+    assert module.http_get("/healthz") == (200, b'{"status":"alive"}')
+    status, body = module.http_get("/readyz")
+    assert (status, orjson.loads(body)) == (200, {"ready": True, "reason": "ok"})
+    status, body = module.http_get("/metrics")
+    text = body.decode()
+    for name in ("edgeinfer_messages_received_total", "edgeinfer_results_published_total",
+                 "edgeinfer_inference_seconds_bucket", "edgeinfer_end_to_end_seconds_bucket",
+                 "edgeinfer_batch_size_bucket", "edgeinfer_queue_depth",
+                 "edgeinfer_backpressure_waits_total", "edgeinfer_broker_connected 1.0",
+                 'edgeinfer_model_info{format="onnx"'):
+        assert name in text, name
+    assert module.http_get("/nope")[0] == 404
+
+
+def test_readyz_reports_503_with_the_reason_while_the_broker_is_away(
+        own_broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path) -> None:
+    module = start(modules, own_broker, tmp_path)
+    own_broker.stop()
+    deadline = time.monotonic() + 10
+    status, body = module.http_get("/readyz")
+    while status == 200 and time.monotonic() < deadline:
+        status, body = module.http_get("/readyz")
+    assert status == 503
+    doc = orjson.loads(body)
+    assert doc["ready"] is False
+    assert doc["reason"].startswith("not connected to the broker")
+    own_broker.start()
+    module.wait_ready(15)
