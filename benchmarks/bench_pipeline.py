@@ -42,20 +42,43 @@ CONTENDERS = ("passthrough", "naive", "edgeinfer")
 
 
 class Contender:
-    def __init__(self, name: str, broker: LocalBroker) -> None:
+    def __init__(self, name: str, broker: LocalBroker, round_no: int) -> None:
         self.name = name
         self.http_port = free_port()
-        env = dict(os.environ, EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-                   EDGEINFER_LOG_LEVEL="WARNING")
+        # A fresh session per round, like the peers': a persistent one would
+        # queue the other contenders' readings and start the next round on a
+        # backlog that is not this contender's load.
+        env = dict(
+            os.environ,
+            EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+            EDGEINFER_LOG_LEVEL="WARNING",
+            EDGEINFER_BROKER_SESSION_EXPIRY_S="0",
+        )
         if name == "edgeinfer":
-            cmd = [sys.executable, "-m", "edgeinfer", "run", "--model", str(MODEL),
-                   "--broker", broker.url, "--module-id", "bench"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "edgeinfer",
+                "run",
+                "--model",
+                str(MODEL),
+                "--broker",
+                broker.url,
+                "--module-id",
+                f"bench{round_no}",
+            ]
         else:
-            cmd = [sys.executable, str(ROOT / "benchmarks" / "peers.py"), name,
-                   str(broker.port), str(MODEL)]
+            cmd = [
+                sys.executable,
+                str(ROOT / "benchmarks" / "peers.py"),
+                name,
+                str(broker.port),
+                str(MODEL),
+            ]
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
         self.ready_s = self._wait_ready()
 
     def _wait_ready(self) -> float:
@@ -65,8 +88,9 @@ class Contender:
             return time.monotonic() - self.started
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz",
-                                            timeout=1) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.http_port}/readyz", timeout=1
+                ) as r:
                     if r.status == 200:
                         return time.monotonic() - self.started
             except OSError:
@@ -116,8 +140,9 @@ class LoadGenerator:
     def _await(self, ids: range, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self.cond:
-            while not all(i in self.latency for i in (ids[-1], ids[0])) or \
-                    sum(1 for i in ids if i in self.latency) < len(ids):
+            while not all(i in self.latency for i in (ids[-1], ids[0])) or sum(
+                1 for i in ids if i in self.latency
+            ) < len(ids):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
@@ -163,33 +188,45 @@ def main() -> int:
         gen = LoadGenerator(broker.url)
         for rnd in range(args.rounds):
             for name in CONTENDERS:
-                contender = Contender(name, broker)
+                contender = Contender(name, broker, rnd)
                 try:
                     gen.burst(200)  # warm-up
                     tput = gen.burst(args.burst)
                     p50, p99, lost = gen.paced(args.rate, args.seconds)
                     row = results[name]
-                    for key, value in (("throughput", tput), ("p50", p50), ("p99", p99),
-                                       ("lost", lost), ("ready_s", contender.ready_s)):
+                    for key, value in (
+                        ("throughput", tput),
+                        ("p50", p50),
+                        ("p99", p99),
+                        ("lost", lost),
+                        ("ready_s", contender.ready_s),
+                    ):
                         row.setdefault(key, []).append(value)
                     if name == "edgeinfer":
                         rss, hwm = contender.memory_mb()
                         row.setdefault("rss_mb", []).append(rss)
                         row.setdefault("hwm_mb", []).append(hwm)
-                    print(f"round {rnd + 1} {name:<12} {tput:7.0f}/s  p50 {p50:6.2f} ms  "
-                          f"p99 {p99:6.2f} ms  lost {lost}", flush=True)
+                    print(
+                        f"round {rnd + 1} {name:<12} {tput:7.0f}/s  p50 {p50:6.2f} ms  "
+                        f"p99 {p99:6.2f} ms  lost {lost}",
+                        flush=True,
+                    )
                 finally:
                     contender.stop()
     med = {c: {k: statistics.median(v) for k, v in results[c].items()} for c in CONTENDERS}
     e, p, n = med["edgeinfer"], med["passthrough"], med["naive"]
     lost_total = sum(sum(results[c]["lost"]) for c in CONTENDERS)
-    print(f"\nmedians of {args.rounds} rounds; burst {args.burst}, paced {args.rate:.0f}/s "
-          f"for {args.seconds:.0f} s; model {MODEL.relative_to(ROOT)}")
+    print(
+        f"\nmedians of {args.rounds} rounds; burst {args.burst}, paced {args.rate:.0f}/s "
+        f"for {args.seconds:.0f} s; model {MODEL.relative_to(ROOT)}"
+    )
     print(f"{'contender':<12} {'throughput/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'lost':>5}")
     for c in CONTENDERS:
         m = med[c]
-        print(f"{c:<12} {m['throughput']:>12.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} "
-              f"{int(sum(results[c]['lost'])):>5}")
+        print(
+            f"{c:<12} {m['throughput']:>12.0f} {m['p50']:>8.2f} {m['p99']:>8.2f} "
+            f"{int(sum(results[c]['lost'])):>5}"
+        )
     targets = [
         ("throughput vs pass-through >= 0.85", e["throughput"] / p["throughput"], 0.85),
         ("throughput vs naive peer >= 1.5", e["throughput"] / n["throughput"], 1.5),
@@ -199,10 +236,12 @@ def main() -> int:
         ("resident memory <= 150 MB", 150 / e["hwm_mb"], 1.0),
         ("ready within 2 s", 2.0 / e["ready_s"], 1.0),
     ]
-    print(f"\nedgeinfer: RSS {e['rss_mb']:.0f} MB (peak {e['hwm_mb']:.0f} MB), ready in "
-          f"{e['ready_s']:.2f} s, throughput {e['throughput'] / p['throughput']:.2f}x pass-through, "
-          f"{e['throughput'] / n['throughput']:.2f}x naive; readings lost, all contenders: "
-          f"{int(lost_total)}")
+    print(
+        f"\nedgeinfer: RSS {e['rss_mb']:.0f} MB (peak {e['hwm_mb']:.0f} MB), ready in "
+        f"{e['ready_s']:.2f} s, throughput {e['throughput'] / p['throughput']:.2f}x pass-through, "
+        f"{e['throughput'] / n['throughput']:.2f}x naive; readings lost, all contenders: "
+        f"{int(lost_total)}"
+    )
     missed = 0
     for label, ratio, need in targets:
         ok = ratio >= need
@@ -210,8 +249,9 @@ def main() -> int:
         print(f"  [{'met   ' if ok else 'MISSED'}] {label}")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_bytes(orjson.dumps({"medians": med, "raw": results},
-                                                   option=orjson.OPT_INDENT_2))
+    (out / "latest.json").write_bytes(
+        orjson.dumps({"medians": med, "raw": results}, option=orjson.OPT_INDENT_2)
+    )
     return 1 if missed else 0
 
 

@@ -28,8 +28,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     manual = mode == "passthrough"
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"peer-{mode}",
-                         protocol=paho.MQTTv5, manual_ack=manual)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"peer-{mode}",
+        protocol=paho.MQTTv5,
+        manual_ack=manual,
+    )
     client.max_inflight_messages_set(1000)
     pending: dict[int, int] = {}
     lock = threading.Lock()
@@ -43,10 +47,15 @@ def main() -> None:
             doc = json.loads(msg.payload)
             x = np.asarray(doc["features"], dtype=np.float32)[np.newaxis]
             probs = session.run(None, {"window": x})[0]
-            out = {"id": doc.get("id"), "ts": doc.get("ts"), "topic": msg.topic,
-                   "outputs": {"probabilities": probs.tolist()}}
+            out = {
+                "id": doc.get("id"),
+                "ts": doc.get("ts"),
+                "topic": msg.topic,
+                "outputs": {"probabilities": probs.tolist()},
+            }
             c.publish(f"inference/{msg.topic}", json.dumps(out), qos=1)
     else:
+
         def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
             info = c.publish(f"inference/{msg.topic}", msg.payload, qos=1)
             with lock:

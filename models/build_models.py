@@ -170,7 +170,7 @@ def write_manifest(
             "max_latency_ms": 50,
         },
         "trained_on": "aeon BasicMotions (accelerometer+gyroscope, 10 Hz, 100-step windows)",
-        "accuracy": {"held_out": round(accuracy, 4), "n_test": int(len(x_test))},
+        "accuracy": {"held_out": round(accuracy, 4), "n_test": len(x_test)},
     }
     (model_path.parent / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

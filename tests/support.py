@@ -36,9 +36,13 @@ class Collector:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         # A persistent session keeps results queued for us across a broker restart.
-        self.client = connect_client(url, client_id=unique("sink") if persistent else "",
-                                     on_message=self._on_message, subscribe=topics,
-                                     session_expiry_s=300 if persistent else 0)
+        self.client = connect_client(
+            url,
+            client_id=unique("sink") if persistent else "",
+            on_message=self._on_message,
+            subscribe=topics,
+            session_expiry_s=300 if persistent else 0,
+        )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._cond:
@@ -67,16 +71,20 @@ class Publisher:
     """
 
     def __init__(self, url: str, persistent: bool = False, reconnect_delay_s: float = 0.1) -> None:
-        self.client = connect_client(url, client_id=unique("pub") if persistent else "",
-                                     session_expiry_s=300 if persistent else 0,
-                                     reconnect_delay_s=reconnect_delay_s)
+        self.client = connect_client(
+            url,
+            client_id=unique("pub") if persistent else "",
+            session_expiry_s=300 if persistent else 0,
+            reconnect_delay_s=reconnect_delay_s,
+        )
         self._cond = threading.Condition()
         self._sent = 0
         self._acked = 0
         self.client.on_publish = self._on_publish
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
-                    props: Any) -> None:
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
         with self._cond:
             self._acked += 1
             self._cond.notify_all()
@@ -101,24 +109,43 @@ class Publisher:
 class ModuleProcess:
     """``python -m edgeinfer run`` in a child process, on its own topics."""
 
-    def __init__(self, broker_url: str, model: Path, tmp: Path, module_id: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        model: Path,
+        tmp: Path,
+        module_id: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.module_id = module_id or unique("m")
         self.prefix = self.module_id
         self.http_port = free_port()
         self.log_path = tmp / f"{self.module_id}.log"
         self.env = dict(os.environ)
-        self.env.update({
-            "EDGEINFER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
-            "EDGEINFER_TOPICS_INPUTS": f"{self.prefix}/sensors/#",
-            "EDGEINFER_TOPICS_OUTPUT": f"{self.prefix}/inference/{{topic}}",
-            "EDGEINFER_BROKER_RECONNECT_MIN_S": "0.1",
-            "EDGEINFER_BROKER_RECONNECT_MAX_S": "1",
-        })
+        self.env.update(
+            {
+                "EDGEINFER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+                "EDGEINFER_TOPICS_INPUTS": f"{self.prefix}/sensors/#",
+                "EDGEINFER_TOPICS_OUTPUT": f"{self.prefix}/inference/{{topic}}",
+                "EDGEINFER_BROKER_RECONNECT_MIN_S": "0.1",
+                "EDGEINFER_BROKER_RECONNECT_MAX_S": "1",
+            }
+        )
         self.env.update(env or {})
-        self.cmd = [sys.executable, "-m", "edgeinfer", "run", "--broker", broker_url,
-                    "--model", str(model), "--module-id", self.module_id,
-                    "--state-dir", str(tmp / "state")]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "run",
+            "--broker",
+            broker_url,
+            "--model",
+            str(model),
+            "--module-id",
+            self.module_id,
+            "--state-dir",
+            str(tmp / "state"),
+        ]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def topic(self, leaf: str) -> str:

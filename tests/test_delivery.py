@@ -19,8 +19,14 @@ def reading(recordings: Recordings, i: int) -> bytes:
     return orjson.dumps({"id": i, "features": recordings.windows[i % 40].tolist()})
 
 
-def send_paced(pub: Publisher, topic: str, recordings: Recordings, ids: range, rate: float,
-               during: threading.Event | None = None) -> None:
+def send_paced(
+    pub: Publisher,
+    topic: str,
+    recordings: Recordings,
+    ids: range,
+    rate: float,
+    during: threading.Event | None = None,
+) -> None:
     start = time.perf_counter()
     for n, i in enumerate(ids):
         delay = start + n / rate - time.perf_counter()
@@ -44,8 +50,8 @@ def wait_ids(sink: Collector, want: set[int], timeout: float) -> set[int]:
 
 
 def test_results_for_one_topic_keep_the_order_of_its_readings(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
     sink = Collector(broker.url, [module.result_topic("+")])
@@ -61,8 +67,8 @@ def test_results_for_one_topic_keep_the_order_of_its_readings(
 
 
 def test_after_a_broker_restart_mid_stream_every_qos1_reading_gets_a_result(
-        own_broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    own_broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     """Readings in flight at the restart and readings sent while it was down all get results.
 
     mosquitto drops a message for a persistent session when it is published
@@ -70,14 +76,19 @@ def test_after_a_broker_restart_mid_stream_every_qos1_reading_gets_a_result(
     so the clients come back in a fixed order: the sink (0.1 s), the module
     (0.5-1 s), then the publisher (2 s), which replays what it buffered.
     """
-    module = ModuleProcess(own_broker.url, ONNX_MODEL, tmp_path, env={
-        "EDGEINFER_BROKER_RECONNECT_MIN_S": "1", "EDGEINFER_BROKER_RECONNECT_MAX_S": "1"}).start()
+    module = ModuleProcess(
+        own_broker.url,
+        ONNX_MODEL,
+        tmp_path,
+        env={"EDGEINFER_BROKER_RECONNECT_MIN_S": "1", "EDGEINFER_BROKER_RECONNECT_MAX_S": "1"},
+    ).start()
     modules.append(module)
     sink = Collector(own_broker.url, [module.result_topic("+")], persistent=True)
     pub = Publisher(own_broker.url, persistent=True, reconnect_delay_s=2.0)
     third = threading.Event()
-    sender = threading.Thread(target=send_paced, args=(pub, module.topic("imu"), recordings,
-                                                       range(600), 300, third))
+    sender = threading.Thread(
+        target=send_paced, args=(pub, module.topic("imu"), recordings, range(600), 300, third)
+    )
     sender.start()
     assert third.wait(10)
     own_broker.restart()
@@ -91,15 +102,16 @@ def test_after_a_broker_restart_mid_stream_every_qos1_reading_gets_a_result(
 
 
 def test_a_module_killed_under_load_loses_no_reading_once_restarted(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
     sink = Collector(broker.url, [module.result_topic("+")])
     pub = Publisher(broker.url)
     third = threading.Event()
-    sender = threading.Thread(target=send_paced, args=(pub, module.topic("imu"), recordings,
-                                                       range(1500), 500, third))
+    sender = threading.Thread(
+        target=send_paced, args=(pub, module.topic("imu"), recordings, range(1500), 500, third)
+    )
     sender.start()
     assert third.wait(10)
     module.signal(signal.SIGKILL)
@@ -114,8 +126,8 @@ def test_a_module_killed_under_load_loses_no_reading_once_restarted(
 
 
 def test_sigterm_drains_in_flight_readings_and_exits_0_with_offline_status(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
     sink = Collector(broker.url, [module.result_topic("+"), f"edgeinfer/{module.module_id}/status"])

@@ -27,16 +27,21 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def start(modules: list[ModuleProcess], broker: LocalBroker, tmp_path: Path, model: Path = ONNX_MODEL,
-          **env: str) -> ModuleProcess:
+def start(
+    modules: list[ModuleProcess],
+    broker: LocalBroker,
+    tmp_path: Path,
+    model: Path = ONNX_MODEL,
+    **env: str,
+) -> ModuleProcess:
     module = ModuleProcess(broker.url, model, tmp_path, env=env).start()
     modules.append(module)
     return module
 
 
 def test_every_payload_format_gets_the_models_answer_with_id_and_ts_echoed(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     module = start(modules, broker, tmp_path)
     window = recordings.windows[12]
     expected = reference(window[np.newaxis])
@@ -68,14 +73,15 @@ def test_every_payload_format_gets_the_models_answer_with_id_and_ts_echoed(
 
 
 def test_a_multi_input_model_takes_named_inputs_with_int64_and_several_rows(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        multi_input_model: Path) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, multi_input_model: Path
+) -> None:
     module = start(modules, broker, tmp_path, model=multi_input_model)
     sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
     pub = Publisher(broker.url)
     pub.send(module.topic("one"), {"id": 1, "inputs": {"x": [1, 2, 3], "k": 4}})
-    pub.send(module.topic("two"), {"id": 2, "inputs": {"x": [[1, 2, 3], [4, 5, 6]],
-                                                        "k": [[1], [2]]}})
+    pub.send(
+        module.topic("two"), {"id": 2, "inputs": {"x": [[1, 2, 3], [4, 5, 6]], "k": [[1], [2]]}}
+    )
     pub.send(module.topic("bad"), {"id": 3, "inputs": {"x": [1, 2, 3], "k": 1.5}})
     pub.send(module.topic("missing"), {"id": 4, "inputs": {"x": [1, 2, 3]}})
     sink.wait_for(4)
@@ -93,8 +99,8 @@ def test_a_multi_input_model_takes_named_inputs_with_int64_and_several_rows(
 
 
 def test_the_tflite_model_serves_the_same_answers_as_the_onnx_model(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     module = start(modules, broker, tmp_path, model=TFLITE_MODEL)
     sink = Collector(broker.url, [module.result_topic("+")])
     pub = Publisher(broker.url)
@@ -111,11 +117,16 @@ def test_the_tflite_model_serves_the_same_answers_as_the_onnx_model(
 
 
 def test_batching_on_and_off_give_identical_results(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     single = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_BATCH="1")
-    batched = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_BATCH="16",
-                    EDGEINFER_PIPELINE_MAX_DELAY_MS="20")
+    batched = start(
+        modules,
+        broker,
+        tmp_path,
+        EDGEINFER_PIPELINE_MAX_BATCH="16",
+        EDGEINFER_PIPELINE_MAX_DELAY_MS="20",
+    )
     answers = {}
     for module in (single, batched):
         sink = Collector(broker.url, [module.result_topic("+")])
@@ -133,32 +144,49 @@ def test_batching_on_and_off_give_identical_results(
     runs_batched = batched.metric("edgeinfer_batch_size_count")
     assert runs_single == len(recordings.windows)
     assert batched.metric("edgeinfer_batch_size_sum") == len(recordings.windows)
-    assert runs_batched < runs_single / 2, "the batched module should have run fewer, larger batches"
+    assert runs_batched < runs_single / 2, (
+        "the batched module should have run fewer, larger batches"
+    )
 
 
 BAD_READINGS: list[tuple[bytes, str, str]] = [
     (b'{"features": [1, 2', "bad_json", "payload is not JSON"),
     (b"\xff\xfe\x00garbage", "bad_encoding", "payload is not valid UTF-8"),
     (b'{"features": [NaN, 1]}', "bad_json", "payload is not JSON"),
-    (orjson.dumps({"features": [1.0] * 599}), "wrong_shape",
-     "input 'window' got shape [599] (599 values): expected 600 values shaped [100, 6]"),
-    (orjson.dumps({"features": ["a"] * 600}), "wrong_dtype",
-     "input 'window' holds strings: expected numbers for float32"),
+    (
+        orjson.dumps({"features": [1.0] * 599}),
+        "wrong_shape",
+        "input 'window' got shape [599] (599 values): expected 600 values shaped [100, 6]",
+    ),
+    (
+        orjson.dumps({"features": ["a"] * 600}),
+        "wrong_dtype",
+        "input 'window' holds strings: expected numbers for float32",
+    ),
     (orjson.dumps({"features": [[1, 2], [3]]}), "wrong_shape", "input 'window' is a ragged array"),
-    (orjson.dumps({"id": "big", "features": [0.5] * 40_000}), "oversize",
-     "expected at most 65536 (pipeline.max_payload_bytes)"),
-    (npy_bytes(np.full((100, 6), np.nan, np.float32)), "not_finite",
-     "input 'window' holds NaN or infinity: expected finite numbers"),
+    (
+        orjson.dumps({"id": "big", "features": [0.5] * 40_000}),
+        "oversize",
+        "expected at most 65536 (pipeline.max_payload_bytes)",
+    ),
+    (
+        npy_bytes(np.full((100, 6), np.nan, np.float32)),
+        "not_finite",
+        "input 'window' holds NaN or infinity: expected finite numbers",
+    ),
     (b"\x93NUMPYbroken", "bad_npy", "cannot read .npy payload"),
-    (b'"just a string"', "bad_payload", 'payload is a JSON str: expected an object'),
-    (orjson.dumps({"id": 99, "readings": [1]}), "bad_payload",
-     'payload has neither "features" nor "inputs"'),
+    (b'"just a string"', "bad_payload", "payload is a JSON str: expected an object"),
+    (
+        orjson.dumps({"id": 99, "readings": [1]}),
+        "bad_payload",
+        'payload has neither "features" nor "inputs"',
+    ),
 ]
 
 
 def test_a_flood_of_malformed_readings_is_reported_and_the_module_keeps_serving(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path,
-        recordings: Recordings) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
     module = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_PAYLOAD_BYTES="65536")
     sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
     pub = Publisher(broker.url)
@@ -188,24 +216,32 @@ def test_a_flood_of_malformed_readings_is_reported_and_the_module_keeps_serving(
 
 
 def test_health_readiness_and_metrics_endpoints(
-        broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path) -> None:
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path
+) -> None:
     module = start(modules, broker, tmp_path)
     assert module.http_get("/healthz") == (200, b'{"status":"alive"}')
     status, body = module.http_get("/readyz")
     assert (status, orjson.loads(body)) == (200, {"ready": True, "reason": "ok"})
     status, body = module.http_get("/metrics")
     text = body.decode()
-    for name in ("edgeinfer_messages_received_total", "edgeinfer_results_published_total",
-                 "edgeinfer_inference_seconds_bucket", "edgeinfer_end_to_end_seconds_bucket",
-                 "edgeinfer_batch_size_bucket", "edgeinfer_queue_depth",
-                 "edgeinfer_backpressure_waits_total", "edgeinfer_broker_connected 1.0",
-                 'edgeinfer_model_info{format="onnx"'):
+    for name in (
+        "edgeinfer_messages_received_total",
+        "edgeinfer_results_published_total",
+        "edgeinfer_inference_seconds_bucket",
+        "edgeinfer_end_to_end_seconds_bucket",
+        "edgeinfer_batch_size_bucket",
+        "edgeinfer_queue_depth",
+        "edgeinfer_backpressure_waits_total",
+        "edgeinfer_broker_connected 1.0",
+        'edgeinfer_model_info{format="onnx"',
+    ):
         assert name in text, name
     assert module.http_get("/nope")[0] == 404
 
 
 def test_readyz_reports_503_with_the_reason_while_the_broker_is_away(
-        own_broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path) -> None:
+    own_broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path
+) -> None:
     module = start(modules, own_broker, tmp_path)
     own_broker.stop()
     deadline = time.monotonic() + 10

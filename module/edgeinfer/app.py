@@ -44,8 +44,12 @@ def resolve_model_path(config: Config) -> Path:
     for name in MODEL_FILES:
         if (current / name).is_file():
             return current / name
-    raise ConfigError("model.path", "", f"a model file (--model), or a model installed under "
-                                        f"{current}/ as {' or '.join(MODEL_FILES)}")
+    raise ConfigError(
+        "model.path",
+        "",
+        f"a model file (--model), or a model installed under "
+        f"{current}/ as {' or '.join(MODEL_FILES)}",
+    )
 
 
 def load_active_model(path: Path, config: Config) -> ActiveModel:
@@ -73,9 +77,13 @@ class EdgeInferModule:
         self._model_path = path
         active = load_active_model(path, config)
         self.connection = MqttConnection(
-            config.broker, config.client_id,
+            config.broker,
+            config.client_id,
             [(flt, config.topics.input_qos) for flt in config.topics.inputs],
-            self._on_message, self._status_topic, on_state=self._on_broker_state)
+            self._on_message,
+            self._status_topic,
+            on_state=self._on_broker_state,
+        )
         settings = EngineSettings(
             max_batch=config.pipeline.max_batch,
             max_delay_ms=config.pipeline.max_delay_ms,
@@ -90,9 +98,15 @@ class EdgeInferModule:
         self.engine = Engine(active, settings, self.connection, self._on_answered, self.metrics)
         self.metrics.watch(lambda: self.engine.depth, lambda: self.connection.tracker.unacked)
         model = active.model
-        self.metrics.model_info.info({
-            "name": active.identity.name, "version": active.identity.version,
-            "format": model.format, "runtime": model.runtime, "path": str(path)})
+        self.metrics.model_info.info(
+            {
+                "name": active.identity.name,
+                "version": active.identity.version,
+                "format": model.format,
+                "runtime": model.runtime,
+                "path": str(path),
+            }
+        )
 
     def _on_message(self, msg: Incoming) -> None:
         self.engine.submit(msg)
@@ -114,9 +128,14 @@ class EdgeInferModule:
     def start(self) -> None:
         self.started_at = time.monotonic()
         identity = self.engine.active.identity
-        log.info("serving %s %s (%s, %s) from %s", identity.name, identity.version,
-                 self.engine.active.model.format, self.engine.active.model.runtime,
-                 self._model_path)
+        log.info(
+            "serving %s %s (%s, %s) from %s",
+            identity.name,
+            identity.version,
+            self.engine.active.model.format,
+            self.engine.active.model.runtime,
+            self._model_path,
+        )
         self.engine.start()
         if self.config.http.listen:
             host, port = self.config.http.address
@@ -129,13 +148,17 @@ class EdgeInferModule:
         deadline = time.monotonic() + self.config.module.shutdown_timeout_s
         self.connection.stop_intake()
         if not self.engine.drain(max(0.1, deadline - time.monotonic())):
-            log.warning("shutdown timeout: %d readings still queued; the broker will "
-                        "redeliver them", self.engine.depth)
+            log.warning(
+                "shutdown timeout: %d readings still queued; the broker will redeliver them",
+                self.engine.depth,
+            )
         while self.connection.tracker.unacked and time.monotonic() < deadline:
             time.sleep(0.01)
         if self.connection.tracker.unacked:
-            log.warning("shutdown timeout: %d answers not yet acknowledged by the broker",
-                        self.connection.tracker.unacked)
+            log.warning(
+                "shutdown timeout: %d answers not yet acknowledged by the broker",
+                self.connection.tracker.unacked,
+            )
         self.connection.stop(max(0.5, deadline - time.monotonic()))
         if self.http is not None:
             self.http.stop()

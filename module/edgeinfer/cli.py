@@ -19,7 +19,8 @@ log = logging.getLogger("edgeinfer")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edgeinfer", description="MQTT edge inference module (ONNX Runtime and TFLite).")
+        prog="edgeinfer", description="MQTT edge inference module (ONNX Runtime and TFLite)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the long-running module")
@@ -38,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--qos", type=int, choices=(0, 1), default=1)
 
     demo = sub.add_parser("demo", help="broker, module, simulator and live results in one")
-    demo.add_argument("--duration", type=float, default=10.0,
-                      help="seconds of live replay before the burst")
+    demo.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of live replay before the burst"
+    )
     demo.add_argument("--model", type=Path, help="model to demo (default: the sample ONNX)")
     return parser
 
@@ -62,17 +64,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeinfer.config import load_config
         from edgeinfer.observability.logs import configure_logging
 
-        config = load_config(args.config, overrides={
-            "broker.url": args.broker, "model.path": args.model,
-            "module.id": args.module_id, "module.state_dir": args.state_dir})
+        config = load_config(
+            args.config,
+            overrides={
+                "broker.url": args.broker,
+                "model.path": args.model,
+                "module.id": args.module_id,
+                "module.state_dir": args.state_dir,
+            },
+        )
         configure_logging(config.log.level, config.log.format)
         return run_module(config)
     if args.command == "simulate":
         from edgeinfer.tools.simulate import simulate
 
         if args.rate < 0 or args.count < 0 or args.devices < 1:
-            raise ConfigError("--rate/--count/--devices", (args.rate, args.count, args.devices),
-                              "rate >= 0, count >= 0, devices >= 1")
+            raise ConfigError(
+                "--rate/--count/--devices",
+                (args.rate, args.count, args.devices),
+                "rate >= 0, count >= 0, devices >= 1",
+            )
         sent = simulate(args.broker, args.rate, args.count, args.topic, args.devices, args.qos)
         print(f"sent {sent} readings to {args.broker}")
         return 0

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import tomllib
 
 from edgeinfer.errors import ConfigError
 
@@ -45,11 +46,19 @@ class ModuleConfig:
     shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        _require(bool(_ID_RE.match(self.id)), "module.id", self.id,
-                 "1-64 characters of letters, digits, '_', '-', '.', starting with a letter or digit")
+        _require(
+            bool(_ID_RE.match(self.id)),
+            "module.id",
+            self.id,
+            "1-64 characters of letters, digits, '_', '-', '.', starting with a letter or digit",
+        )
         _require(bool(self.state_dir), "module.state_dir", self.state_dir, "a directory path")
-        _require(self.shutdown_timeout_s > 0, "module.shutdown_timeout_s",
-                 self.shutdown_timeout_s, "a number of seconds > 0")
+        _require(
+            self.shutdown_timeout_s > 0,
+            "module.shutdown_timeout_s",
+            self.shutdown_timeout_s,
+            "a number of seconds > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -61,10 +70,18 @@ class ModelConfig:
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
 
     def __post_init__(self) -> None:
-        _require(self.threads >= 0, "model.threads", self.threads,
-                 "an integer >= 0 (0 lets the runtime decide)")
-        _require(len(self.providers) > 0, "model.providers", self.providers,
-                 "at least one ONNX Runtime execution provider name")
+        _require(
+            self.threads >= 0,
+            "model.threads",
+            self.threads,
+            "an integer >= 0 (0 lets the runtime decide)",
+        )
+        _require(
+            len(self.providers) > 0,
+            "model.providers",
+            self.providers,
+            "at least one ONNX Runtime execution provider name",
+        )
 
 
 @dataclass(frozen=True)
@@ -89,25 +106,51 @@ class BrokerConfig:
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
-        _require(parts.scheme in _BROKER_SCHEMES and bool(parts.hostname), "broker.url", self.url,
-                 "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        _require(
+            parts.scheme in _BROKER_SCHEMES and bool(parts.hostname),
+            "broker.url",
+            self.url,
+            "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
+        )
         try:
             port = parts.port
         except ValueError:
             port = -1
         _require(port is None or 0 < port < 65536, "broker.url", self.url, "a port in 1..65535")
-        _require(self.protocol in ("5", "3.1.1"), "broker.protocol", self.protocol, '"5" or "3.1.1"')
+        _require(
+            self.protocol in ("5", "3.1.1"), "broker.protocol", self.protocol, '"5" or "3.1.1"'
+        )
         _require(self.keepalive_s >= 5, "broker.keepalive_s", self.keepalive_s, "an integer >= 5")
-        _require(self.session_expiry_s >= 0, "broker.session_expiry_s", self.session_expiry_s,
-                 "an integer >= 0")
-        _require(1 <= self.receive_maximum <= 65535, "broker.receive_maximum",
-                 self.receive_maximum, "an integer in 1..65535")
-        _require(0 < self.reconnect_min_s <= self.reconnect_max_s, "broker.reconnect_min_s",
-                 self.reconnect_min_s, f"a number of seconds in (0, {self.reconnect_max_s}]")
-        _require(bool(self.cert_file) == bool(self.key_file), "broker.cert_file", self.cert_file,
-                 "cert_file and key_file given together")
-        _require(not (self.password and self.password_file), "broker.password_file",
-                 self.password_file, "either password or password_file, not both")
+        _require(
+            self.session_expiry_s >= 0,
+            "broker.session_expiry_s",
+            self.session_expiry_s,
+            "an integer >= 0",
+        )
+        _require(
+            1 <= self.receive_maximum <= 65535,
+            "broker.receive_maximum",
+            self.receive_maximum,
+            "an integer in 1..65535",
+        )
+        _require(
+            0 < self.reconnect_min_s <= self.reconnect_max_s,
+            "broker.reconnect_min_s",
+            self.reconnect_min_s,
+            f"a number of seconds in (0, {self.reconnect_max_s}]",
+        )
+        _require(
+            bool(self.cert_file) == bool(self.key_file),
+            "broker.cert_file",
+            self.cert_file,
+            "cert_file and key_file given together",
+        )
+        _require(
+            not (self.password and self.password_file),
+            "broker.password_file",
+            self.password_file,
+            "either password or password_file, not both",
+        )
 
     @property
     def host(self) -> str:
@@ -129,8 +172,9 @@ class BrokerConfig:
         try:
             return Path(self.password_file).read_text().strip()
         except OSError as exc:
-            raise ConfigError("broker.password_file", self.password_file,
-                              f"a readable file ({exc.strerror})") from exc
+            raise ConfigError(
+                "broker.password_file", self.password_file, f"a readable file ({exc.strerror})"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -143,18 +187,33 @@ class TopicsConfig:
     output_qos: int = 1
 
     def __post_init__(self) -> None:
-        _require(len(self.inputs) > 0 and all(self.inputs), "topics.inputs", self.inputs,
-                 "a non-empty list of MQTT topic filters")
+        _require(
+            len(self.inputs) > 0 and all(self.inputs),
+            "topics.inputs",
+            self.inputs,
+            "a non-empty list of MQTT topic filters",
+        )
         for flt in self.inputs:
-            _require(_valid_filter(flt), "topics.inputs", flt,
-                     "a topic filter where '#' is last and wildcards fill whole levels")
-        _require(bool(self.output) and "#" not in self.output and "+" not in self.output,
-                 "topics.output", self.output, "a topic template without wildcards")
+            _require(
+                _valid_filter(flt),
+                "topics.inputs",
+                flt,
+                "a topic filter where '#' is last and wildcards fill whole levels",
+            )
+        _require(
+            bool(self.output) and "#" not in self.output and "+" not in self.output,
+            "topics.output",
+            self.output,
+            "a topic template without wildcards",
+        )
         try:
             self.output.format_map(_ProbeTemplate())
         except (KeyError, ValueError, IndexError) as exc:
-            raise ConfigError("topics.output", self.output,
-                              "a template using only {topic}, {module_id}, {1}, {2}, ...") from exc
+            raise ConfigError(
+                "topics.output",
+                self.output,
+                "a template using only {topic}, {module_id}, {1}, {2}, ...",
+            ) from exc
         _require(self.input_qos in (0, 1), "topics.input_qos", self.input_qos, "0 or 1")
         _require(self.output_qos in (0, 1), "topics.output_qos", self.output_qos, "0 or 1")
 
@@ -189,13 +248,25 @@ class PipelineConfig:
     allow_non_finite: bool = False
 
     def __post_init__(self) -> None:
-        _require(1 <= self.max_batch <= 4096, "pipeline.max_batch", self.max_batch,
-                 "an integer in 1..4096")
-        _require(0 <= self.max_delay_ms <= 1000, "pipeline.max_delay_ms", self.max_delay_ms,
-                 "milliseconds in 0..1000")
+        _require(
+            1 <= self.max_batch <= 4096,
+            "pipeline.max_batch",
+            self.max_batch,
+            "an integer in 1..4096",
+        )
+        _require(
+            0 <= self.max_delay_ms <= 1000,
+            "pipeline.max_delay_ms",
+            self.max_delay_ms,
+            "milliseconds in 0..1000",
+        )
         _require(self.queue_size >= 1, "pipeline.queue_size", self.queue_size, "an integer >= 1")
-        _require(self.max_payload_bytes >= 64, "pipeline.max_payload_bytes",
-                 self.max_payload_bytes, "an integer >= 64")
+        _require(
+            self.max_payload_bytes >= 64,
+            "pipeline.max_payload_bytes",
+            self.max_payload_bytes,
+            "an integer >= 64",
+        )
 
 
 @dataclass(frozen=True)
@@ -207,8 +278,12 @@ class HttpConfig:
     def __post_init__(self) -> None:
         if self.listen:
             host, _, port = self.listen.rpartition(":")
-            _require(bool(host) and port.isdigit() and int(port) < 65536, "http.listen",
-                     self.listen, 'HOST:PORT (port 0 picks a free one), or "" to disable')
+            _require(
+                bool(host) and port.isdigit() and int(port) < 65536,
+                "http.listen",
+                self.listen,
+                'HOST:PORT (port 0 picks a free one), or "" to disable',
+            )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -224,8 +299,12 @@ class LogConfig:
     format: str = "json"
 
     def __post_init__(self) -> None:
-        _require(self.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
-                 self.level, "DEBUG, INFO, WARNING or ERROR")
+        _require(
+            self.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "log.level",
+            self.level,
+            "DEBUG, INFO, WARNING or ERROR",
+        )
         _require(self.format in ("json", "text"), "log.format", self.format, '"json" or "text"')
 
 
@@ -280,7 +359,9 @@ def load_config(
     sections = {}
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
-        values = {key: _coerce(f"{name}.{key}", val, hints[key]) for key, val in merged[name].items()}
+        values = {
+            key: _coerce(f"{name}.{key}", val, hints[key]) for key, val in merged[name].items()
+        }
         sections[name] = cls(**values)
     return Config(**sections)
 
@@ -304,10 +385,14 @@ def _merge_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> Non
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
         if section not in SECTIONS:
-            raise ConfigError(name, raw, f"EDGEINFER_<SECTION>_<KEY> with SECTION one of "
-                                         f"{sorted(s.upper() for s in SECTIONS)}")
+            raise ConfigError(
+                name,
+                raw,
+                f"EDGEINFER_<SECTION>_<KEY> with SECTION one of "
+                f"{sorted(s.upper() for s in SECTIONS)}",
+            )
         _check_known(section, key, raw, label=name)
         merged[section][key] = raw
 
@@ -315,39 +400,67 @@ def _merge_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> Non
 def _check_known(section: str, key: str, value: object, label: str | None = None) -> None:
     known = [f.name for f in dataclasses.fields(SECTIONS[section])]
     if key not in known:
-        raise ConfigError(label or f"{section}.{key}", value,
-                          f"a known key of [{section}]: {', '.join(known)}")
+        raise ConfigError(
+            label or f"{section}.{key}", value, f"a known key of [{section}]: {', '.join(known)}"
+        )
 
 
 def _coerce(key: str, value: object, kind: Any) -> object:
     """Return ``value`` as ``kind``; strings (from env or flags) are parsed."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(key, value, "true or false")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            return int(value)
-        raise ConfigError(key, value, "an integer")
-    if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(key, value, "a number")
     if typing.get_origin(kind) is list:
-        if isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return list(value)
-        raise ConfigError(key, value, "a list of strings (comma-separated in the environment)")
-    if isinstance(value, str):
+        return _as_list(key, value)
+    parse: Callable[[str, object], object] = _PARSERS[kind]
+    return parse(key, value)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
         return value
-    raise ConfigError(key, value, "a string")
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ConfigError(key, value, "true or false")
+
+
+def _as_int(key: str, value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(key, value, "an integer")
+    return value
+
+
+def _as_float(key: str, value: object) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(key, value, "a number") from None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(key, value, "a number")
+    return float(value)
+
+
+def _as_str(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "a string")
+    return value
+
+
+def _as_list(key: str, value: object) -> list[str]:
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(key, value, "a list of strings (comma-separated in the environment)")
+    return list(value)
+
+
+_PARSERS: dict[type, Callable[[str, object], object]] = {
+    bool: _as_bool,
+    int: _as_int,
+    float: _as_float,
+    str: _as_str,
+}

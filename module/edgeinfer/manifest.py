@@ -37,7 +37,9 @@ def load_manifest(model_path: Path) -> Manifest:
     try:
         doc = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read the manifest ({exc}): expected a JSON object") from exc
+        raise ModelError(
+            f"{path}: cannot read the manifest ({exc}): expected a JSON object"
+        ) from exc
     if not isinstance(doc, dict):
         raise ModelError(f"{path}: manifest is a JSON {type(doc).__name__}: expected an object")
     labels = doc.get("labels") or []

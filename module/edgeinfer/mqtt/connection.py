@@ -19,6 +19,7 @@ are delivered when it returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -52,6 +53,15 @@ class Incoming:
     ticket: Ticket
 
 
+def connect_properties(session_expiry_s: int, receive_maximum: int | None = None) -> Properties:
+    """MQTT 5 CONNECT properties: how long the broker keeps our session, how many in flight."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
+    return props
+
+
 class Backoff:
     """Exponential backoff with "equal jitter": half the step fixed, half random."""
 
@@ -60,7 +70,7 @@ class Backoff:
         self._max = maximum
 
     def delay(self, attempt: int) -> float:
-        step = min(self._max, self._min * (2 ** min(attempt, 30)))
+        step = min(self._max, self._min * (1 << min(attempt, 30)))
         return step / 2 + random.uniform(0, step / 2)
 
 
@@ -124,8 +134,9 @@ class MqttConnection:
 
     def start(self) -> None:
         """Start connecting in the background; returns at once."""
-        self._supervisor = threading.Thread(target=self._supervise, name="mqtt-supervisor",
-                                            daemon=True)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="mqtt-supervisor", daemon=True
+        )
         self._supervisor.start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -144,8 +155,13 @@ class MqttConnection:
         self._stopping.set()
         if self.connected:
             delivered = threading.Event()
-            self.publish(self._status_topic, orjson.dumps({"state": "offline"}), qos=1,
-                         retain=True, on_done=delivered.set)
+            self.publish(
+                self._status_topic,
+                orjson.dumps({"state": "offline"}),
+                qos=1,
+                retain=True,
+                on_done=delivered.set,
+            )
             if not delivered.wait(min(timeout, 2.0)):
                 log.warning("could not publish offline status before disconnecting")
             self._client.disconnect()
@@ -180,12 +196,11 @@ class MqttConnection:
         self._connected_once_this_attempt = False
         kwargs: dict[str, Any] = {}
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self._config.session_expiry_s
-            props.ReceiveMaximum = self._config.receive_maximum
+            props = connect_properties(self._config.session_expiry_s, self._config.receive_maximum)
             kwargs = {"clean_start": False, "properties": props}
-        self._client.connect(self._config.host, self._config.port, self._config.keepalive_s,
-                             **kwargs)
+        self._client.connect(
+            self._config.host, self._config.port, self._config.keepalive_s, **kwargs
+        )
 
     def _configure_tls(self) -> None:
         cfg = self._config
@@ -207,13 +222,12 @@ class MqttConnection:
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: a small answer would wait ~40 ms for the
         # previous packet's ack before leaving.
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not a TCP socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any,
-                    reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.last_error = f"broker {self._config.url} refused the connection: {reason}"
             log.error("%s", self.last_error)
@@ -225,13 +239,17 @@ class MqttConnection:
             client.subscribe(flt, qos=qos)
         self.publish(self._status_topic, orjson.dumps({"state": "online"}), qos=1, retain=True)
         self._connected.set()
-        log.info("connected to %s (session present: %s)", self._config.url,
-                 bool(getattr(flags, "session_present", False)))
+        log.info(
+            "connected to %s (session present: %s)",
+            self._config.url,
+            bool(getattr(flags, "session_present", False)),
+        )
         if self._on_state:
             self._on_state(True)
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
-                       reason: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
         # End the epoch now, not at the next CONNACK: reconnect() clears paho's
@@ -249,10 +267,12 @@ class MqttConnection:
         if not self._accepting:
             return  # left unacknowledged: the broker redelivers it next session
         ticket = self.tracker.register(msg.mid, msg.qos)
-        self._sink(Incoming(msg.topic, msg.payload, msg.qos, bool(msg.retain), ticket))
+        payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+        self._sink(Incoming(msg.topic, payload, msg.qos, bool(msg.retain), ticket))
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int,
-                    reason: Any, properties: Any) -> None:
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
         with self._pub_lock:
             if mid in self._callbacks:
                 callback = self._callbacks.pop(mid)
@@ -264,8 +284,14 @@ class MqttConnection:
 
     # -- publishing (any thread) ------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                on_done: Callable[[], None] | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         """Queue a message; ``on_done`` runs once the broker has it (PUBACK, or sent for QoS 0).
 
         QoS 1 messages published while disconnected stay queued in paho and

@@ -19,19 +19,20 @@ Readiness = Callable[[], tuple[bool, str]]
 class HealthServer:
     """Serves metrics and health on its own daemon thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 readiness: Readiness) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness
+    ) -> None:
         handler = _make_handler(registry, readiness)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             from edgeinfer.errors import ConfigError
 
-            raise ConfigError("http.listen", f"{host}:{port}",
-                              f"a free address to listen on ({exc.strerror})") from exc
+            raise ConfigError(
+                "http.listen", f"{host}:{port}", f"a free address to listen on ({exc.strerror})"
+            ) from exc
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property
     def port(self) -> int:
@@ -46,8 +47,9 @@ class HealthServer:
         self._server.server_close()
 
 
-def _make_handler(registry: CollectorRegistry,
-                  readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    registry: CollectorRegistry, readiness: Readiness
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -60,8 +62,11 @@ def _make_handler(registry: CollectorRegistry,
                 body = orjson.dumps({"ready": ready, "reason": reason})
                 self._send(200 if ready else 503, body, "application/json")
             else:
-                self._send(404, b'{"error":"not found: try /metrics, /healthz or /readyz"}',
-                           "application/json")
+                self._send(
+                    404,
+                    b'{"error":"not found: try /metrics, /healthz or /readyz"}',
+                    "application/json",
+                )
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +42,9 @@ class Reading:
 class Decoder:
     """Turns payloads into :class:`Reading` objects for one model's inputs."""
 
-    def __init__(self, inputs: tuple[TensorSpec, ...], max_bytes: int,
-                 allow_non_finite: bool = False) -> None:
+    def __init__(
+        self, inputs: tuple[TensorSpec, ...], max_bytes: int, allow_non_finite: bool = False
+    ) -> None:
         self._inputs = inputs
         self._by_name = {spec.name: spec for spec in inputs}
         self._max_bytes = max_bytes
@@ -51,36 +53,53 @@ class Decoder:
     def decode(self, payload: bytes) -> Reading:
         """Decode one payload; raises :class:`ReadingError` naming what was expected."""
         if len(payload) > self._max_bytes:
-            raise ReadingError("oversize", f"payload is {len(payload)} bytes, expected at most "
-                                           f"{self._max_bytes} (pipeline.max_payload_bytes)")
+            raise ReadingError(
+                "oversize",
+                f"payload is {len(payload)} bytes, expected at most "
+                f"{self._max_bytes} (pipeline.max_payload_bytes)",
+            )
         if payload.startswith(NPY_MAGIC):
             return self._from_arrays({self._single_input().name: _load_npy(payload)})
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             if "UTF-8" in str(exc):
-                raise ReadingError("bad_encoding", "payload is not valid UTF-8: expected a "
-                                   "UTF-8 JSON document or .npy bytes") from exc
-            raise ReadingError("bad_json", f"payload is not JSON ({exc}): expected a JSON object, "
-                               "a JSON array or .npy bytes") from exc
+                raise ReadingError(
+                    "bad_encoding",
+                    "payload is not valid UTF-8: expected a UTF-8 JSON document or .npy bytes",
+                ) from exc
+            raise ReadingError(
+                "bad_json",
+                f"payload is not JSON ({exc}): expected a JSON object, a JSON array or .npy bytes",
+            ) from exc
         if isinstance(doc, list):
             return self._from_arrays({self._single_input().name: doc})
         if not isinstance(doc, dict):
-            raise ReadingError("bad_payload", f"payload is a JSON {type(doc).__name__}: expected "
-                               'an object with "features" or "inputs", or an array')
+            raise ReadingError(
+                "bad_payload",
+                f"payload is a JSON {type(doc).__name__}: expected "
+                'an object with "features" or "inputs", or an array',
+            )
         if "features" in doc and "inputs" in doc:
-            raise ReadingError("bad_payload", 'payload has both "features" and "inputs": '
-                               "expected one of them")
+            raise ReadingError(
+                "bad_payload", 'payload has both "features" and "inputs": expected one of them'
+            )
         if "features" in doc:
             arrays: dict[str, Any] = {self._single_input().name: doc["features"]}
         elif "inputs" in doc:
             arrays = doc["inputs"]
             if not isinstance(arrays, dict):
-                raise ReadingError("bad_payload", '"inputs" must be an object mapping input '
-                                   f"names to arrays, expected keys {self._names()}")
+                raise ReadingError(
+                    "bad_payload",
+                    '"inputs" must be an object mapping input '
+                    f"names to arrays, expected keys {self._names()}",
+                )
         else:
-            raise ReadingError("bad_payload", 'payload has neither "features" nor "inputs": '
-                               f"expected one of them, for inputs {self._names()}")
+            raise ReadingError(
+                "bad_payload",
+                'payload has neither "features" nor "inputs": '
+                f"expected one of them, for inputs {self._names()}",
+            )
         return self._from_arrays(arrays, doc.get("id"), doc.get("ts"))
 
     def _names(self) -> list[str]:
@@ -88,28 +107,39 @@ class Decoder:
 
     def _single_input(self) -> TensorSpec:
         if len(self._inputs) != 1:
-            raise ReadingError("bad_payload", f"this model has {len(self._inputs)} inputs "
-                               f'{self._names()}: expected {{"inputs": {{name: array}}}}')
+            raise ReadingError(
+                "bad_payload",
+                f"this model has {len(self._inputs)} inputs "
+                f'{self._names()}: expected {{"inputs": {{name: array}}}}',
+            )
         return self._inputs[0]
 
     def _from_arrays(self, values: dict[str, Any], rid: Any = None, ts: Any = None) -> Reading:
         missing = [name for name in self._by_name if name not in values]
         unknown = [name for name in values if name not in self._by_name]
         if missing or unknown:
-            raise ReadingError("bad_payload", f"inputs {sorted(values)} do not match the model: "
-                               f"expected exactly {self._names()}")
-        feeds = {name: self._to_tensor(self._by_name[name], value) for name, value in values.items()}
+            raise ReadingError(
+                "bad_payload",
+                f"inputs {sorted(values)} do not match the model: expected exactly {self._names()}",
+            )
+        feeds = {
+            name: self._to_tensor(self._by_name[name], value) for name, value in values.items()
+        }
         rows = {name: len(arr) for name, arr in feeds.items()}
         if len(set(rows.values())) != 1:
-            raise ReadingError("wrong_shape", f"inputs carry different numbers of rows {rows}: "
-                               "expected the same batch size for every input")
+            raise ReadingError(
+                "wrong_shape",
+                f"inputs carry different numbers of rows {rows}: "
+                "expected the same batch size for every input",
+            )
         return Reading(feeds, next(iter(rows.values())), rid, ts)
 
     def _to_tensor(self, spec: TensorSpec, value: Any) -> Array:
         arr = _as_numeric_array(spec, value)
         if arr.dtype.kind == "f" and not self._allow_non_finite and not np.isfinite(arr).all():
-            raise ReadingError("not_finite", f"input {spec.name!r} holds NaN or infinity: "
-                               "expected finite numbers")
+            raise ReadingError(
+                "not_finite", f"input {spec.name!r} holds NaN or infinity: expected finite numbers"
+            )
         arr = _cast(spec, arr)
         return _fit_shape(spec, arr)
 
@@ -118,8 +148,11 @@ def _load_npy(payload: bytes) -> Array:
     try:
         arr = np.load(io.BytesIO(payload), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ReadingError("bad_npy", f"cannot read .npy payload ({exc}): expected a "
-                           "numeric array saved with numpy.save, without pickle") from exc
+        raise ReadingError(
+            "bad_npy",
+            f"cannot read .npy payload ({exc}): expected a "
+            "numeric array saved with numpy.save, without pickle",
+        ) from exc
     return np.asarray(arr)
 
 
@@ -130,11 +163,16 @@ def _as_numeric_array(spec: TensorSpec, value: Any) -> Array:
         try:
             arr = np.asarray(value)
         except ValueError as exc:  # ragged nesting
-            raise ReadingError("wrong_shape", f"input {spec.name!r} is a ragged array: expected "
-                               f"a rectangular array of shape {_fmt(spec.sample_shape)}") from exc
+            raise ReadingError(
+                "wrong_shape",
+                f"input {spec.name!r} is a ragged array: expected "
+                f"a rectangular array of shape {_fmt(spec.sample_shape)}",
+            ) from exc
     if arr.dtype.kind not in "biuf":
-        raise ReadingError("wrong_dtype", f"input {spec.name!r} holds {_kind_name(arr)}: "
-                           f"expected numbers for {spec.dtype.name}")
+        raise ReadingError(
+            "wrong_dtype",
+            f"input {spec.name!r} holds {_kind_name(arr)}: expected numbers for {spec.dtype.name}",
+        )
     return arr
 
 
@@ -143,17 +181,26 @@ def _cast(spec: TensorSpec, arr: Array) -> Array:
     if arr.dtype == target:
         return arr
     if target.kind in "iu":
-        if arr.dtype.kind == "f":
-            if not np.isfinite(arr).all() or not np.equal(np.mod(arr, 1), 0).all():
-                raise ReadingError("wrong_dtype", f"input {spec.name!r} holds non-integer "
-                                   f"values: expected integers for {target.name}")
-        info = np.iinfo(target)
+        if arr.dtype.kind == "f" and not (
+            np.isfinite(arr).all() and np.equal(np.mod(arr, 1), 0).all()
+        ):
+            raise ReadingError(
+                "wrong_dtype",
+                f"input {spec.name!r} holds non-integer values: "
+                f"expected integers for {target.name}",
+            )
+        info = np.iinfo(typing.cast("np.dtype[np.integer[Any]]", target))
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise ReadingError("wrong_dtype", f"input {spec.name!r} holds values outside "
-                               f"{target.name} range [{info.min}, {info.max}]")
+            raise ReadingError(
+                "wrong_dtype",
+                f"input {spec.name!r} holds values outside "
+                f"{target.name} range [{info.min}, {info.max}]",
+            )
     elif target.kind == "b" and arr.dtype.kind != "b":
-        raise ReadingError("wrong_dtype", f"input {spec.name!r} holds {arr.dtype.name}: "
-                           "expected booleans (true/false)")
+        raise ReadingError(
+            "wrong_dtype",
+            f"input {spec.name!r} holds {arr.dtype.name}: expected booleans (true/false)",
+        )
     return arr.astype(target, copy=False)
 
 
@@ -178,27 +225,34 @@ def _fit_shape(spec: TensorSpec, arr: Array) -> Array:
     if len(arr) == 0:
         raise _shape_error(spec, arr)
     if spec.batch_dim == "fixed" and len(arr) != 1:
-        raise ReadingError("wrong_shape", f"input {spec.name!r} got {len(arr)} rows: the model "
-                           f"takes one sample of shape {_fmt(sample)} at a time")
+        raise ReadingError(
+            "wrong_shape",
+            f"input {spec.name!r} got {len(arr)} rows: the model "
+            f"takes one sample of shape {_fmt(sample)} at a time",
+        )
     return arr
 
 
 def _matches(shape: tuple[int, ...], expected: tuple[Any, ...]) -> bool:
     return len(shape) == len(expected) and all(
-        not isinstance(e, int) or e < 0 or e == s for s, e in zip(shape, expected, strict=True))
+        not isinstance(e, int) or e < 0 or e == s for s, e in zip(shape, expected, strict=True)
+    )
 
 
 def _static_size(shape: tuple[Any, ...]) -> int | None:
     if all(isinstance(d, int) and d >= 0 for d in shape):
-        return math.prod(shape)
+        return int(math.prod(shape))
     return None
 
 
 def _shape_error(spec: TensorSpec, arr: Array) -> ReadingError:
     size = _static_size(spec.sample_shape)
     count = f"{size} values shaped " if size is not None else "values shaped "
-    return ReadingError("wrong_shape", f"input {spec.name!r} got shape {list(arr.shape)} "
-                        f"({arr.size} values): expected {count}{_fmt(spec.sample_shape)}")
+    return ReadingError(
+        "wrong_shape",
+        f"input {spec.name!r} got shape {list(arr.shape)} "
+        f"({arr.size} values): expected {count}{_fmt(spec.sample_shape)}",
+    )
 
 
 def _fmt(shape: tuple[Any, ...]) -> str:
@@ -207,4 +261,5 @@ def _fmt(shape: tuple[Any, ...]) -> str:
 
 def _kind_name(arr: Array) -> str:
     return {"U": "strings", "S": "bytes", "O": "mixed or null values", "b": "booleans"}.get(
-        arr.dtype.kind, arr.dtype.name)
+        arr.dtype.kind, arr.dtype.name
+    )

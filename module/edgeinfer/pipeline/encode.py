@@ -22,8 +22,14 @@ class ModelIdentity:
     labels: tuple[str, ...] = ()
 
 
-def encode_result(topic: str, identity: ModelIdentity, outputs: dict[str, Array],
-                  rid: Any, ts: Any, latency_ms: float) -> bytes:
+def encode_result(
+    topic: str,
+    identity: ModelIdentity,
+    outputs: dict[str, Array],
+    rid: Any,
+    ts: Any,
+    latency_ms: float,
+) -> bytes:
     """Return the JSON result for one reading (SPEC.md, "Results").
 
     ``label`` and ``score`` (the argmax of the first output) are added when the
@@ -46,9 +52,16 @@ def encode_result(topic: str, identity: ModelIdentity, outputs: dict[str, Array]
         values = [float(flat[row, i]) for row, i in enumerate(best)]
         doc["label"] = labels[0] if len(labels) == 1 else labels
         doc["score"] = values[0] if len(values) == 1 else values
-    return orjson.dumps(doc, option=_DUMP_OPTIONS)
+    return _compact(orjson.dumps(doc, option=_DUMP_OPTIONS))
 
 
 def encode_error(topic: str, code: str, reason: str, rid: Any) -> bytes:
     """Return the JSON error report for one rejected reading (SPEC.md, "Topics")."""
-    return orjson.dumps({"topic": topic, "error": code, "reason": reason, "id": rid})
+    return _compact(orjson.dumps({"topic": topic, "error": code, "reason": reason, "id": rid}))
+
+
+def _compact(payload: bytes) -> bytes:
+    # orjson hands back its 4 KiB working buffer, not shrunk: a 200-byte
+    # result then costs 4 KiB for as long as it waits for the broker's ack,
+    # which for a backlog of thousands is most of the module's memory.
+    return bytes(memoryview(payload))

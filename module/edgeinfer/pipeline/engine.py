@@ -41,8 +41,14 @@ log = logging.getLogger(__name__)
 class Publisher(Protocol):
     """Where answers go; ``on_done`` runs once the broker has the message."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                on_done: Callable[[], None] | None = None) -> None: ...
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        on_done: Callable[[], None] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,14 @@ class ActiveModel:
 class Engine:
     """Owns the reading queue and the thread that answers readings."""
 
-    def __init__(self, active: ActiveModel, settings: EngineSettings, publisher: Publisher,
-                 on_answered: Callable[[Incoming], None], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        active: ActiveModel,
+        settings: EngineSettings,
+        publisher: Publisher,
+        on_answered: Callable[[Incoming], None],
+        metrics: Metrics,
+    ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._on_answered = on_answered
@@ -92,8 +104,9 @@ class Engine:
 
     def _use(self, active: ActiveModel) -> None:
         self._active = active
-        self._decoder = Decoder(active.model.inputs, self._settings.max_payload_bytes,
-                                self._settings.allow_non_finite)
+        self._decoder = Decoder(
+            active.model.inputs, self._settings.max_payload_bytes, self._settings.allow_non_finite
+        )
         self._max_batch = self._settings.max_batch if batchable(active.model) else 1
 
     @property
@@ -141,12 +154,17 @@ class Engine:
             except Exception:  # a bug here must not kill the only inference thread
                 log.exception("unexpected failure answering %d readings", len(jobs))
                 for job in jobs:
-                    self._reject(job, ReadingError("internal_error", "the module failed to "
-                                                   "answer this reading; see its log"))
+                    self._reject(
+                        job,
+                        ReadingError(
+                            "internal_error",
+                            "the module failed to answer this reading; see its log",
+                        ),
+                    )
             if stop:
                 return
 
-    def _fill(self, jobs: list[_Job | None]) -> bool:
+    def _fill(self, jobs: list[_Job]) -> bool:
         """Add queued readings to ``jobs`` up to the batch size; True when the stop marker came."""
         limit = self._max_batch
         deadline = time.perf_counter() + self._settings.max_delay_ms / 1000
@@ -185,7 +203,9 @@ class Engine:
             # One bad reading must not fail its batch-mates: answer one by one.
             for job, reading in decoded:
                 try:
-                    self._publish_results(active, [(job, reading)], self._run(active.model, [reading]))
+                    self._publish_results(
+                        active, [(job, reading)], self._run(active.model, [reading])
+                    )
                 except ModelError as single:
                     self._reject(job, ReadingError("inference_failed", str(single)))
             return
@@ -195,42 +215,64 @@ class Engine:
         if len(readings) == 1:
             feeds = readings[0].feeds
         else:
-            feeds = {name: np.concatenate([r.feeds[name] for r in readings])
-                     for name in readings[0].feeds}
+            feeds = {
+                name: np.concatenate([r.feeds[name] for r in readings])
+                for name in readings[0].feeds
+            }
         started = time.perf_counter()
         outputs = model.run(feeds)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(readings))
         return outputs
 
-    def _publish_results(self, active: ActiveModel, decoded: list[tuple[_Job, Reading]],
-                         outputs: dict[str, Array]) -> None:
+    def _publish_results(
+        self, active: ActiveModel, decoded: list[tuple[_Job, Reading]], outputs: dict[str, Array]
+    ) -> None:
         start = 0
         now = time.perf_counter()
         for job, reading in decoded:
             end = start + reading.rows
             sliced = {name: value[start:end] for name, value in outputs.items()}
             start = end
-            payload = encode_result(job.msg.topic, active.identity, sliced, reading.id,
-                                    reading.ts, (now - job.received) * 1000)
-            self._publisher.publish(self._topics.render(job.msg.topic), payload,
-                                    qos=self._settings.output_qos,
-                                    on_done=self._done_callback(job, answered=True))
+            payload = encode_result(
+                job.msg.topic,
+                active.identity,
+                sliced,
+                reading.id,
+                reading.ts,
+                (now - job.received) * 1000,
+            )
+            self._publisher.publish(
+                self._topics.render(job.msg.topic),
+                payload,
+                qos=self._settings.output_qos,
+                on_done=self._done_callback(job, answered=True),
+            )
 
     def _reject(self, job: _Job, error: ReadingError) -> None:
         self._metrics.reading_errors.labels(error.code).inc()
         log.warning("rejected reading on %s: %s", job.msg.topic, error)
         rid = _reading_id(job.msg.payload)
         payload = encode_error(job.msg.topic, error.code, error.reason, rid)
-        self._publisher.publish(self._settings.errors_topic, payload, qos=1,
-                                on_done=self._done_callback(job, answered=False))
+        self._publisher.publish(
+            self._settings.errors_topic,
+            payload,
+            qos=1,
+            on_done=self._done_callback(job, answered=False),
+        )
 
     def _done_callback(self, job: _Job, answered: bool) -> Callable[[], None]:
+        # Capture the ticket and the arrival time, not the job: an answer can
+        # wait long for its PUBACK (a backlog after a restart), and holding
+        # the reading's payload that long multiplied memory by its size.
+        msg = Incoming(job.msg.topic, b"", job.msg.qos, job.msg.retain, job.msg.ticket)
+        received = job.received
+
         def done() -> None:
             if answered:
                 self._metrics.results_published.inc()
-            self._metrics.end_to_end_seconds.observe(time.perf_counter() - job.received)
-            self._on_answered(job.msg)
+            self._metrics.end_to_end_seconds.observe(time.perf_counter() - received)
+            self._on_answered(msg)
 
         return done
 

@@ -35,11 +35,13 @@ def detect_format(path: Path) -> str:
         return "onnx"
     raise ModelError(
         f"{path}: not a model file: expected an ONNX protobuf or a TFLite flatbuffer "
-        f"(first bytes {head!r})")
+        f"(first bytes {head!r})"
+    )
 
 
-def load_model(path: str | Path, threads: int = 0,
-               providers: Sequence[str] = ("CPUExecutionProvider",)) -> Model:
+def load_model(
+    path: str | Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> Model:
     """Load ``path`` with the runtime its content calls for."""
     path = Path(path)
     fmt = detect_format(path)

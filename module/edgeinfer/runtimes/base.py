@@ -38,8 +38,14 @@ class TensorSpec:
         return self.shape[1:] if self.batch_dim != "none" else self.shape
 
     def describe(self) -> str:
-        dims = ", ".join(str(d) if isinstance(d, int) and d >= 0 else (d or "?") for d in self.shape)
+        dims = ", ".join(_dim_name(d) for d in self.shape)
         return f"{self.name} {self.dtype.name}[{dims}]"
+
+
+def _dim_name(dim: Dim) -> str:
+    if isinstance(dim, int):
+        return str(dim) if dim >= 0 else "?"
+    return dim or "?"
 
 
 class Model(Protocol):

@@ -15,8 +15,12 @@ class FakeModel:
     format = "fake"
     runtime = "fake"
 
-    def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-                 fn: Callable[[Mapping[str, Array]], dict[str, Array]]) -> None:
+    def __init__(
+        self,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        fn: Callable[[Mapping[str, Array]], dict[str, Array]],
+    ) -> None:
         self.inputs = inputs
         self.outputs = outputs
         self._fn = fn

@@ -34,7 +34,8 @@ _ORT_TYPES: dict[str, type[np.generic]] = {
 def _spec(arg: Any) -> TensorSpec:
     if arg.type not in _ORT_TYPES:
         raise ModelError(f"tensor {arg.name!r} has type {arg.type}, expected a numeric tensor")
-    shape: tuple[Dim, ...] = tuple(d if isinstance(d, int) else d for d in arg.shape)
+    # ONNX Runtime gives an int for a fixed dim, a str (or None) for a symbolic one.
+    shape: tuple[Dim, ...] = tuple(arg.shape)
     return TensorSpec(arg.name, np.dtype(_ORT_TYPES[arg.type]), shape)
 
 
@@ -43,8 +44,11 @@ def choose_providers(wanted: Sequence[str]) -> list[str]:
     available = set(ort.get_available_providers())
     chosen = [p for p in wanted if p in available]
     for missing in (p for p in wanted if p not in available):
-        log.warning("execution provider %s is not available (have %s); falling back",
-                    missing, sorted(available))
+        log.warning(
+            "execution provider %s is not available (have %s); falling back",
+            missing,
+            sorted(available),
+        )
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -56,8 +60,9 @@ class OnnxModel:
     format = "onnx"
     runtime = f"onnxruntime {ort.__version__}"
 
-    def __init__(self, path: Path, threads: int = 0,
-                 providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    def __init__(
+        self, path: Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)
+    ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -68,7 +73,8 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=choose_providers(providers))
+                str(path), sess_options=options, providers=choose_providers(providers)
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
         self.providers = tuple(self._session.get_providers())

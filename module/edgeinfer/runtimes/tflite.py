@@ -1,4 +1,4 @@
-"""TFLite backend through LiteRT (``ai_edge_litert``), or ``tflite_runtime`` where only that is installed."""
+"""TFLite backend: LiteRT (``ai_edge_litert``), else ``tflite_runtime`` where installed."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from edgeinfer.runtimes.base import Array, Dim, TensorSpec
 
 def _interpreter_module() -> tuple[Any, str]:
     # tflite-runtime is frozen at 2.14 and breaks with NumPy 2: prefer LiteRT.
-    for name, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
-                       ("tflite_runtime.interpreter", "tflite-runtime")):
+    for name, dist in (
+        ("ai_edge_litert.interpreter", "ai-edge-litert"),
+        ("tflite_runtime.interpreter", "tflite-runtime"),
+    ):
         try:
             return importlib.import_module(name), dist
         except ImportError:
@@ -41,7 +43,8 @@ class TFLiteModel:
         self.runtime = f"{dist} {_version(dist)}"
         try:
             self._interpreter = module.Interpreter(
-                model_path=str(path), num_threads=threads if threads > 0 else None)
+                model_path=str(path), num_threads=threads if threads > 0 else None
+            )
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: the TFLite interpreter cannot load it: {exc}") from exc
@@ -57,9 +60,13 @@ class TFLiteModel:
         else:
             self._runner = None
             self._in_index = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}
-            self._out_index = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
+            self._out_index = {
+                d["name"]: d["index"] for d in self._interpreter.get_output_details()
+            }
             self.inputs = tuple(_spec(d["name"], d) for d in self._interpreter.get_input_details())
-            self.outputs = tuple(_spec(d["name"], d) for d in self._interpreter.get_output_details())
+            self.outputs = tuple(
+                _spec(d["name"], d) for d in self._interpreter.get_output_details()
+            )
         self._shapes = {spec.name: tuple(spec.shape) for spec in self.inputs}
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:

@@ -61,11 +61,14 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 class LocalBroker:
     """A broker process on 127.0.0.1 that can be stopped and restarted on the same port."""
 
-    def __init__(self, port: int | None = None, persistence: bool = True,
-                 kind: str = "auto") -> None:
+    def __init__(
+        self, port: int | None = None, persistence: bool = True, kind: str = "auto"
+    ) -> None:
         self.port = port or free_port()
         self.persistence = persistence
-        self.kind = ("mosquitto" if shutil.which("mosquitto") else "amqtt") if kind == "auto" else kind
+        self.kind = (
+            ("mosquitto" if shutil.which("mosquitto") else "amqtt") if kind == "auto" else kind
+        )
         self._dir = Path(tempfile.mkdtemp(prefix="edgeinfer-broker-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = self._dir / "broker.log"
@@ -78,9 +81,13 @@ class LocalBroker:
         log = self.log_path.open("ab")
         if self.kind == "mosquitto":
             conf = self._dir / "mosquitto.conf"
-            conf.write_text(MOSQUITTO_CONF.format(
-                port=self.port, state=self._dir,
-                persistence="true" if self.persistence else "false"))
+            conf.write_text(
+                MOSQUITTO_CONF.format(
+                    port=self.port,
+                    state=self._dir,
+                    persistence="true" if self.persistence else "false",
+                )
+            )
             cmd = [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
         else:
             cmd = [sys.executable, "-c", _AMQTT_MAIN, str(self.port)]
@@ -88,8 +95,10 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind} did not start on port {self.port}: "
-                                   f"{self.log_path.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{self.kind} did not start on port {self.port}: "
+                    f"{self.log_path.read_text(errors='replace')[-2000:]}"
+                )
             time.sleep(0.02)
         return self
 

@@ -71,10 +71,13 @@ class ResultWatcher:
             count = len(self.ids)
         if count <= self.quiet_after:
             mark = "ok " if doc["label"] == truth else "MISS"
-            print(f"  {doc['topic']:<18} id={rid:<5} {mark} label={doc['label']:<9} "
-                  f"score={doc['score']:.3f} (truth {truth:<9}) model={doc['model']} "
-                  f"{doc['version']}  inference+queue {doc['latency_ms']:.2f} ms  "
-                  f"end-to-end {e2e:.2f} ms", flush=True)
+            print(
+                f"  {doc['topic']:<18} id={rid:<5} {mark} label={doc['label']:<9} "
+                f"score={doc['score']:.3f} (truth {truth:<9}) model={doc['model']} "
+                f"{doc['version']}  inference+queue {doc['latency_ms']:.2f} ms  "
+                f"end-to-end {e2e:.2f} ms",
+                flush=True,
+            )
 
 
 def run_demo(duration: float, model: Path | None = None) -> int:
@@ -93,25 +96,47 @@ def run_demo(duration: float, model: Path | None = None) -> int:
     state = Path(tempfile.mkdtemp(prefix="edgeinfer-demo-"))
     http_port = free_port()
     module_id = f"demo-{os.getpid()}"
-    env = dict(os.environ, EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
-               EDGEINFER_LOG_FORMAT="text", EDGEINFER_LOG_LEVEL="WARNING")
-    cmd = [sys.executable, "-m", "edgeinfer", "run", "--model", str(model), "--broker", url,
-           "--module-id", module_id, "--state-dir", str(state)]
+    env = dict(
+        os.environ,
+        EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+        EDGEINFER_LOG_FORMAT="text",
+        EDGEINFER_LOG_LEVEL="WARNING",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeinfer",
+        "run",
+        "--model",
+        str(model),
+        "--broker",
+        url,
+        "--module-id",
+        module_id,
+        "--state-dir",
+        str(state),
+    ]
     print(f"[demo] starting the module: edgeinfer run --model {model} --broker {url}")
     proc = subprocess.Popen(cmd, env=env)
     watcher_client: paho.Client | None = None
     try:
         ready_s = wait_ready(http_port, 30, proc)
-        print(f"[demo] module ready in {ready_s:.2f} s; metrics on http://127.0.0.1:{http_port}/metrics")
+        print(
+            f"[demo] module ready in {ready_s:.2f} s; metrics on http://127.0.0.1:{http_port}/metrics"
+        )
         rec = load_recordings()
         truth = [rec.label_names[i] for i in rec.labels]
         live_count = max(1, int(duration * 5))
         watcher = ResultWatcher(truth, {}, quiet_after=live_count)
-        watcher_client = connect_client(url, on_message=watcher.on_message,
-                                        subscribe=["inference/sensors/+/imu",
-                                                   f"edgeinfer/{module_id}/errors"])
-        print(f"[demo] replaying {live_count} real BasicMotions recordings at 5/s "
-              f"(sensors/sim1..4/imu):")
+        watcher_client = connect_client(
+            url,
+            on_message=watcher.on_message,
+            subscribe=["inference/sensors/+/imu", f"edgeinfer/{module_id}/errors"],
+        )
+        print(
+            f"[demo] replaying {live_count} real BasicMotions recordings at 5/s "
+            f"(sensors/sim1..4/imu):"
+        )
         simulate(url, rate=5, count=live_count, devices=4)
         _wait_for(lambda: len(watcher.ids) >= live_count, 5)
         burst = 2000
@@ -124,12 +149,16 @@ def run_demo(duration: float, model: Path | None = None) -> int:
         lat = np.asarray(watcher.latencies_ms[live_count:] or [float("nan")])
         print("\n[demo] summary")
         print(f"  readings sent      {total}")
-        print(f"  results received   {len(watcher.ids)}  (lost {total - len(watcher.ids)}, "
-              f"errors {watcher.errors})")
+        print(
+            f"  results received   {len(watcher.ids)}  (lost {total - len(watcher.ids)}, "
+            f"errors {watcher.errors})"
+        )
         print(f"  accuracy vs truth  {watcher.correct / max(1, len(watcher.latencies_ms)):.1%}")
         print(f"  burst throughput   {burst / took:.0f} readings/s")
-        print(f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
-              f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms")
+        print(
+            f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
+            f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms"
+        )
         return 0 if len(watcher.ids) == total else 1
     finally:
         if watcher_client is not None:

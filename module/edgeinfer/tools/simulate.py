@@ -12,30 +12,37 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edgeinfer.config import BrokerConfig
+from edgeinfer.mqtt.connection import connect_properties
 from edgeinfer.tools.recordings import load_recordings
 
 
-def connect_client(url: str, client_id: str = "", on_message: Callable[..., None] | None = None,
-                   subscribe: list[str] | None = None, timeout: float = 10.0,
-                   session_expiry_s: int = 0, reconnect_delay_s: float = 0.1) -> paho.Client:
+def connect_client(
+    url: str,
+    client_id: str = "",
+    on_message: Callable[..., None] | None = None,
+    subscribe: list[str] | None = None,
+    timeout: float = 10.0,
+    session_expiry_s: int = 0,
+    reconnect_delay_s: float = 0.1,
+) -> paho.Client:
     """A started paho client (MQTT 5, TCP_NODELAY), subscribed before this returns.
 
     With ``session_expiry_s`` (and a ``client_id``) the session outlives a
     disconnect, so QoS 1 messages sent meanwhile are delivered on reconnect.
     """
     broker = BrokerConfig(url=url)
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5)
-    client.reconnect_delay_set(reconnect_delay_s, max(1.0, reconnect_delay_s))
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    # paho's stub says int, but the delays are slept as floats.
+    client.reconnect_delay_set(reconnect_delay_s, max(1.0, reconnect_delay_s))  # type: ignore[arg-type]
     client.max_inflight_messages_set(1000)
     ready = threading.Event()
 
     def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = c.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for flt in subscribe or []:
             c.subscribe(flt, qos=1)
         if not subscribe:
@@ -48,12 +55,8 @@ def connect_client(url: str, client_id: str = "", on_message: Callable[..., None
     client.on_subscribe = on_subscribe
     if on_message is not None:
         client.on_message = on_message
-    props = None
-    if session_expiry_s:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = session_expiry_s
-    client.connect(broker.host, broker.port, 30, clean_start=not session_expiry_s,
-                   properties=props)
+    props = connect_properties(session_expiry_s) if session_expiry_s else None
+    client.connect(broker.host, broker.port, 30, clean_start=not session_expiry_s, properties=props)
     client.loop_start()
     if not ready.wait(timeout):
         client.loop_stop()
@@ -71,8 +74,15 @@ def recording_index(reading_id: int, total: int) -> int:
     return (reading_id * stride) % total
 
 
-def simulate(url: str, rate: float, count: int, topic: str = "sensors/{device}/imu",
-             devices: int = 1, qos: int = 1, first_id: int = 0) -> int:
+def simulate(
+    url: str,
+    rate: float,
+    count: int,
+    topic: str = "sensors/{device}/imu",
+    devices: int = 1,
+    qos: int = 1,
+    first_id: int = 0,
+) -> int:
     """Publish ``count`` readings (0: forever) at ``rate`` per second; returns how many were sent.
 
     Each reading is one 10-second recording window with ``id`` (``first_id``

@@ -1,0 +1,135 @@
+"""Runtimes behind one interface, and the decode stage, without a broker."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from edgeinfer.errors import ModelError, ReadingError
+from edgeinfer.pipeline.decode import Decoder
+from edgeinfer.runtimes import detect_format, load_model
+from edgeinfer.runtimes.base import TensorSpec
+from edgeinfer.runtimes.fake import sum_model
+from edgeinfer.runtimes.onnx import choose_providers
+from edgeinfer.tools.recordings import Recordings
+from tests.support import ONNX_MODEL, TFLITE_MODEL
+
+
+def test_both_sample_models_report_their_signature_and_agree(recordings: Recordings) -> None:
+    onnx_model = load_model(ONNX_MODEL)
+    tflite_model = load_model(TFLITE_MODEL)
+    assert [s.describe() for s in onnx_model.inputs] == ["window float32[batch, 100, 6]"]
+    assert [s.describe() for s in tflite_model.inputs] == ["window float32[?, 100, 6]"]
+    assert [s.name for s in tflite_model.outputs] == ["probabilities"]
+    assert onnx_model.runtime.startswith("onnxruntime ")
+    assert tflite_model.runtime.startswith(("ai-edge-litert ", "tflite-runtime "))
+    x = recordings.windows[:8]
+    a = onnx_model.run({"window": x})["probabilities"]
+    b = tflite_model.run({"window": x})["probabilities"]
+    assert a.shape == b.shape == (8, 4)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert list(a.argmax(axis=1)) == list(recordings.labels[:8])
+
+
+def test_the_format_comes_from_the_content_not_the_name(tmp_path: Path) -> None:
+    disguised = tmp_path / "model.bin"
+    shutil.copy(TFLITE_MODEL, disguised)
+    assert detect_format(disguised) == "tflite"
+    assert load_model(disguised).format == "tflite"
+    misnamed = tmp_path / "model.tflite"
+    shutil.copy(ONNX_MODEL, misnamed)
+    assert load_model(misnamed).format == "onnx"
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"PK\x03\x04zipfile")
+    with pytest.raises(ModelError, match="not a model file: expected an ONNX protobuf or a TFLite"):
+        load_model(junk)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage-after-the-ir-version")
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load it"):
+        load_model(broken)
+
+
+def test_a_missing_execution_provider_falls_back_to_cpu_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert choose_providers(["NoSuchExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert "execution provider NoSuchExecutionProvider is not available" in caplog.text
+
+
+def decoder(max_bytes: int = 4096) -> Decoder:
+    return Decoder(sum_model(3).inputs, max_bytes)
+
+
+def test_decode_adds_the_batch_dimension_and_casts_to_the_input_dtype() -> None:
+    reading = decoder().decode(b'{"features": [1, 2, 3], "id": "r1", "ts": 5}')
+    assert reading.feeds["x"].dtype == np.float32
+    assert reading.feeds["x"].tolist() == [[1.0, 2.0, 3.0]]
+    assert (reading.rows, reading.id, reading.ts) == (1, "r1", 5)
+    assert decoder().decode(b"[[1, 2, 3], [4, 5, 6]]").rows == 2
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3, dtype=np.int16))
+    assert decoder().decode(buf.getvalue()).feeds["x"].tolist() == [[0.0, 1.0, 2.0]]
+
+
+def test_booleans_are_cast_like_any_other_value() -> None:
+    assert decoder().decode(b"[true, false, true]").feeds["x"].tolist() == [[1.0, 0.0, 1.0]]
+
+
+def test_a_fixed_batch_of_one_refuses_several_rows() -> None:
+    spec = TensorSpec("x", np.dtype(np.float32), (1, 3))
+    with pytest.raises(ReadingError) as info:
+        Decoder((spec,), 4096).decode(b"[[1, 2, 3], [4, 5, 6]]")
+    assert info.value.reason == (
+        "input 'x' got 2 rows: the model takes one sample of shape [3] at a time"
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [
+        (
+            b"[1, 2]",
+            "wrong_shape",
+            "input 'x' got shape [2] (2 values): expected 3 values shaped [3]",
+        ),
+        (
+            b'{"features": [1, null, 3]}',
+            "wrong_dtype",
+            "input 'x' holds mixed or null values: expected numbers for float32",
+        ),
+        (
+            b'{"features": [1, 2, 3], "inputs": {}}',
+            "bad_payload",
+            'payload has both "features" and "inputs": expected one of them',
+        ),
+        (
+            b'{"inputs": [1, 2, 3]}',
+            "bad_payload",
+            "\"inputs\" must be an object mapping input names to arrays, expected keys ['x']",
+        ),
+        (
+            orjson.dumps({"features": [0.0] * 2000}),
+            "oversize",
+            "payload is 8014 bytes, expected at most 4096 (pipeline.max_payload_bytes)",
+        ),
+    ],
+)
+def test_decode_errors_name_what_was_expected(payload: bytes, code: str, reason: str) -> None:
+    with pytest.raises(ReadingError) as info:
+        decoder().decode(payload)
+    assert (info.value.code, info.value.reason) == (code, reason)
+
+
+def test_integer_inputs_refuse_fractions_and_out_of_range_values() -> None:
+    spec = TensorSpec("k", np.dtype(np.int8), (None, 1))
+    dec = Decoder((spec,), 4096)
+    assert dec.decode(b"[3.0]").feeds["k"].tolist() == [[3]]
+    with pytest.raises(ReadingError, match=r"holds values outside int8 range \[-128, 127\]"):
+        dec.decode(b"[300]")
