@@ -106,7 +106,8 @@ def test_a_module_killed_under_load_loses_no_reading_once_restarted(
 ) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+")])
+    status_topic = f"edgeinfer/{module.module_id}/status"
+    sink = Collector(broker.url, [module.result_topic("+"), status_topic])
     pub = Publisher(broker.url)
     third = threading.Event()
     sender = threading.Thread(
@@ -117,6 +118,7 @@ def test_a_module_killed_under_load_loses_no_reading_once_restarted(
     module.signal(signal.SIGKILL)
     module.wait()
     time.sleep(0.5)  # readings keep arriving while it is down
+    assert sink.docs("/status")[-1] == {"state": "offline"}, "the last will should have fired"
     module.start()
     sender.join(60)
     got = wait_ids(sink, set(range(1500)), timeout=30)

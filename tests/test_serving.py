@@ -254,3 +254,54 @@ def test_readyz_reports_503_with_the_reason_while_the_broker_is_away(
     assert doc["reason"].startswith("not connected to the broker")
     own_broker.start()
     module.wait_ready(15)
+
+
+def test_mqtt_3_1_1_is_selectable_and_serves_the_same(
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
+    module = start(modules, broker, tmp_path, EDGEINFER_BROKER_PROTOCOL="3.1.1")
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    for i in range(20):
+        pub.send(module.topic("imu"), {"id": i, "features": recordings.windows[i].tolist()})
+    sink.wait_for(20)
+    assert sorted(d["id"] for d in sink.docs()) == list(range(20))
+    sink.close()
+    pub.close()
+
+
+def test_a_full_queue_applies_back_pressure_and_drops_nothing(
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
+    module = start(
+        modules,
+        broker,
+        tmp_path,
+        EDGEINFER_PIPELINE_QUEUE_SIZE="2",
+        EDGEINFER_PIPELINE_MAX_BATCH="1",
+        EDGEINFER_TOPICS_INPUT_QOS="0",
+    )
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    for i in range(400):
+        pub.send(module.topic("imu"), {"id": i, "features": recordings.windows[i % 40].tolist()})
+    pub.flush()
+    sink.wait_for(400, timeout=30)
+    assert sorted(d["id"] for d in sink.docs()) == list(range(400))
+    assert module.metric("edgeinfer_backpressure_waits_total") > 0
+    assert module.metric("edgeinfer_queue_capacity") == 2
+
+
+def test_logs_are_one_json_object_per_line(
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path
+) -> None:
+    module = start(modules, broker, tmp_path)
+    module.stop()
+    lines = [line for line in module.log().splitlines() if line.strip()]
+    docs = [orjson.loads(line) for line in lines]
+    assert {"ts", "level", "logger", "msg"} <= set(docs[0])
+    messages = [d["msg"] for d in docs]
+    assert any(m.startswith("serving har 1.0.0 (onnx, onnxruntime ") for m in messages)
+    assert any(m.startswith("connected to mqtt://127.0.0.1:") for m in messages)
+    assert messages[-1] == "stopped"
+    assert not [d for d in docs if d["level"] == "ERROR"]

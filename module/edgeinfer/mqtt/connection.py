@@ -100,7 +100,9 @@ class MqttConnection:
             reconnect_on_failure=False,
             manual_ack=True,
         )
-        self._client.enable_logger(logging.getLogger("edgeinfer.paho"))
+        paho_log = logging.getLogger("edgeinfer.paho")
+        paho_log.addFilter(self._quiet_after_stop)
+        self._client.enable_logger(paho_log)
         # Many answers in flight at once; acks come back through on_publish.
         self._client.max_inflight_messages_set(max(20, config.receive_maximum))
         self._client.max_queued_messages_set(0)
@@ -129,6 +131,11 @@ class MqttConnection:
         self._callbacks: dict[int, Callable[[], None] | None] = {}
         self._early: set[int] = set()
         self._pub_lock = threading.Lock()
+
+    def _quiet_after_stop(self, record: logging.LogRecord) -> bool:
+        # After our own DISCONNECT, paho's thread loops once more on the closed
+        # socket and logs "Client is not connected" at ERROR: noise, not news.
+        return not (self._stopping.is_set() and "Client is not connected" in record.getMessage())
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -168,6 +175,7 @@ class MqttConnection:
         self._lost.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout)
+        logging.getLogger("edgeinfer.paho").removeFilter(self._quiet_after_stop)
 
     def _supervise(self) -> None:
         attempt = 0
