@@ -32,7 +32,9 @@ def unique(prefix: str = "t") -> str:
 class Collector:
     """Subscribes to topics and keeps every message that arrives, in order."""
 
-    def __init__(self, url: str, topics: list[str], persistent: bool = False) -> None:
+    def __init__(
+        self, url: str, topics: list[str], persistent: bool = False, protocol: str = "5"
+    ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         # A persistent session keeps results queued for us across a broker restart.
@@ -42,6 +44,7 @@ class Collector:
             on_message=self._on_message,
             subscribe=topics,
             session_expiry_s=300 if persistent else 0,
+            protocol=protocol,
         )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

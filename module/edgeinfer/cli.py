@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--topic", default="sensors/{device}/imu")
     sim.add_argument("--devices", type=int, default=1, help="simulated devices (sim1..simN)")
     sim.add_argument("--qos", type=int, choices=(0, 1), default=1)
+    sim.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version")
 
     demo = sub.add_parser("demo", help="broker, module, simulator and live results in one")
     demo.add_argument(
@@ -84,7 +85,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                 (args.rate, args.count, args.devices),
                 "rate >= 0, count >= 0, devices >= 1",
             )
-        sent = simulate(args.broker, args.rate, args.count, args.topic, args.devices, args.qos)
+        sent = simulate(
+            args.broker,
+            args.rate,
+            args.count,
+            args.topic,
+            args.devices,
+            args.qos,
+            protocol=args.protocol,
+        )
         print(f"sent {sent} readings to {args.broker}")
         return 0
     if args.command == "demo":

@@ -120,6 +120,7 @@ class MqttConnection:
         self._accepting = True
         self._connected = threading.Event()
         self._lost = threading.Event()
+        self._answered = threading.Event()  # a CONNACK came, or the attempt ended
         self._stopping = threading.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._supervisor: threading.Thread | None = None
@@ -191,6 +192,17 @@ class MqttConnection:
                 self._stopping.wait(delay)
                 continue
             self._client.loop_start()
+            if not self._answered.wait(self._config.keepalive_s):
+                # Some brokers (amqtt, old mosquitto) neither answer nor close
+                # on a CONNECT of a protocol version they do not speak.
+                self.last_error = (
+                    f"no CONNACK from {self._config.url} within {self._config.keepalive_s} s"
+                    + (' (a broker that only speaks MQTT 3.1.1 ignores an MQTT 5 CONNECT: '
+                       'try broker.protocol = "3.1.1")' if self._v5 else "")
+                )  # fmt: skip
+                log.error("%s", self.last_error)
+                self._client.disconnect()
+                self._lost.set()
             self._lost.wait()
             self._client.loop_stop()
             if self._stopping.is_set():
@@ -202,6 +214,7 @@ class MqttConnection:
 
     def _connect(self) -> None:
         self._connected_once_this_attempt = False
+        self._answered.clear()
         kwargs: dict[str, Any] = {}
         if self._v5:
             props = connect_properties(self._config.session_expiry_s, self._config.receive_maximum)
@@ -236,6 +249,7 @@ class MqttConnection:
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        self._answered.set()
         if reason.is_failure:
             self.last_error = f"broker {self._config.url} refused the connection: {reason}"
             log.error("%s", self.last_error)

@@ -86,13 +86,16 @@ def run_demo(duration: float, model: Path | None = None) -> int:
         print(f"demo: no sample model at {model}; give --model", file=sys.stderr)
         return 2
     broker: LocalBroker | None = None
+    protocol = "5"
     if port_open("127.0.0.1", 1883):
         url = "mqtt://127.0.0.1:1883"
         print(f"[demo] using the broker already listening on {url}")
     else:
         broker = LocalBroker(port=1883, persistence=False).start()
         url = broker.url
-        print(f"[demo] started {broker.kind} on {url}")
+        # amqtt, the pure-Python fallback, speaks MQTT 3.1.1 only.
+        protocol = "5" if broker.kind == "mosquitto" else "3.1.1"
+        print(f"[demo] started {broker.kind} on {url} (MQTT {protocol})")
     state = Path(tempfile.mkdtemp(prefix="edgeinfer-demo-"))
     http_port = free_port()
     module_id = f"demo-{os.getpid()}"
@@ -137,12 +140,12 @@ def run_demo(duration: float, model: Path | None = None) -> int:
             f"[demo] replaying {live_count} real BasicMotions recordings at 5/s "
             f"(sensors/sim1..4/imu):"
         )
-        simulate(url, rate=5, count=live_count, devices=4)
+        simulate(url, rate=5, count=live_count, devices=4, protocol=protocol)
         _wait_for(lambda: len(watcher.ids) >= live_count, 5)
         burst = 2000
         print(f"[demo] now a burst: {burst} readings at 1000/s ...", flush=True)
         started = time.monotonic()
-        simulate(url, rate=1000, count=burst, devices=4, first_id=live_count)
+        simulate(url, rate=1000, count=burst, devices=4, first_id=live_count, protocol=protocol)
         _wait_for(lambda: len(watcher.ids) >= live_count + burst, 15)
         took = time.monotonic() - started
         total = live_count + burst

@@ -26,14 +26,22 @@ def connect_client(
     timeout: float = 10.0,
     session_expiry_s: int = 0,
     reconnect_delay_s: float = 0.1,
+    protocol: str = "5",
 ) -> paho.Client:
-    """A started paho client (MQTT 5, TCP_NODELAY), subscribed before this returns.
+    """A started paho client (TCP_NODELAY), subscribed before this returns.
 
     With ``session_expiry_s`` (and a ``client_id``) the session outlives a
     disconnect, so QoS 1 messages sent meanwhile are delivered on reconnect.
+    ``protocol`` is ``"5"`` or ``"3.1.1"``.
     """
     broker = BrokerConfig(url=url)
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    v5 = protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else not session_expiry_s,
+    )
     # paho's stub says int, but the delays are slept as floats.
     client.reconnect_delay_set(reconnect_delay_s, max(1.0, reconnect_delay_s))  # type: ignore[arg-type]
     client.max_inflight_messages_set(1000)
@@ -55,8 +63,13 @@ def connect_client(
     client.on_subscribe = on_subscribe
     if on_message is not None:
         client.on_message = on_message
-    props = connect_properties(session_expiry_s) if session_expiry_s else None
-    client.connect(broker.host, broker.port, 30, clean_start=not session_expiry_s, properties=props)
+    if v5:
+        props = connect_properties(session_expiry_s) if session_expiry_s else None
+        client.connect(
+            broker.host, broker.port, 30, clean_start=not session_expiry_s, properties=props
+        )
+    else:
+        client.connect(broker.host, broker.port, 30)
     client.loop_start()
     if not ready.wait(timeout):
         client.loop_stop()
@@ -82,6 +95,7 @@ def simulate(
     devices: int = 1,
     qos: int = 1,
     first_id: int = 0,
+    protocol: str = "5",
 ) -> int:
     """Publish ``count`` readings (0: forever) at ``rate`` per second; returns how many were sent.
 
@@ -91,7 +105,7 @@ def simulate(
     """
     rec = load_recordings()
     payloads = [w.tolist() for w in rec.windows]
-    client = connect_client(url, client_id="")
+    client = connect_client(url, client_id="", protocol=protocol)
     period = 1.0 / rate if rate > 0 else 0.0
     start = time.perf_counter()
     sent = 0
