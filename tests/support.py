@@ -199,6 +199,19 @@ class ModuleProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_metric(self, name: str, value: float, timeout: float = 5.0) -> float:
+        """``name`` once it reaches ``value`` (or its last reading at the timeout).
+
+        Counters bumped on the broker's PUBACK can trail the subscriber that
+        already received the message, so exact checks wait for them to settle.
+        """
+        deadline = time.monotonic() + timeout
+        current = self.metric(name)
+        while current < value and time.monotonic() < deadline:
+            time.sleep(0.02)
+            current = self.metric(name)
+        return current
+
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)

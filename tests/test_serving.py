@@ -210,7 +210,7 @@ def test_a_flood_of_malformed_readings_is_reported_and_the_module_keeps_serving(
     assert errors[10]["id"] == 99
     assert module.http_get("/readyz")[0] == 200
     assert module.metric("edgeinfer_reading_errors_total") == rounds * len(BAD_READINGS)
-    assert module.metric("edgeinfer_results_published_total") == rounds
+    assert module.wait_metric("edgeinfer_results_published_total", rounds) == rounds
     sink.close()
     pub.close()
 
