@@ -270,6 +270,75 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class UpdatesConfig:
+    """Over-the-air model updates."""
+
+    trusted_keys: list[str] = field(default_factory=list)
+    allow_http: bool = False
+    max_download_bytes: int = 268_435_456
+    download_timeout_s: float = 15.0
+    download_retries: int = 3
+    self_test_runs: int = 20
+    probation_s: float = 60.0
+    probation_max_error_rate: float = 0.05
+    probation_max_latency_ms: float = 0.0
+    probation_min_readings: int = 20
+    keep_versions: int = 3
+    watch: bool = True
+
+    def __post_init__(self) -> None:
+        _require(
+            self.max_download_bytes > 0,
+            "updates.max_download_bytes",
+            self.max_download_bytes,
+            "an integer > 0",
+        )
+        _require(
+            self.download_timeout_s > 0,
+            "updates.download_timeout_s",
+            self.download_timeout_s,
+            "seconds > 0",
+        )
+        _require(
+            self.download_retries >= 0,
+            "updates.download_retries",
+            self.download_retries,
+            "an integer >= 0",
+        )
+        _require(
+            self.self_test_runs >= 1,
+            "updates.self_test_runs",
+            self.self_test_runs,
+            "an integer >= 1",
+        )
+        _require(self.probation_s >= 0, "updates.probation_s", self.probation_s, "seconds >= 0")
+        _require(
+            0 <= self.probation_max_error_rate <= 1,
+            "updates.probation_max_error_rate",
+            self.probation_max_error_rate,
+            "a fraction in 0..1",
+        )
+        _require(
+            self.probation_max_latency_ms >= 0,
+            "updates.probation_max_latency_ms",
+            self.probation_max_latency_ms,
+            "milliseconds >= 0 (0: the self-test's limit)",
+        )
+        _require(
+            self.probation_min_readings >= 1,
+            "updates.probation_min_readings",
+            self.probation_min_readings,
+            "an integer >= 1",
+        )
+        _require(
+            self.keep_versions >= 2,
+            "updates.keep_versions",
+            self.keep_versions,
+            "an integer >= 2 (current and previous are always kept)",
+        )
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """The metrics and health endpoint."""
 
@@ -317,6 +386,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -6,7 +6,9 @@
     ├── ConfigError          bad command line, environment or TOML value (exit code 2)
     ├── ModelError           a model file that cannot be recognised or loaded
     ├── ReadingError         one reading rejected; reported on the errors topic
-    └── BrokerError          the broker URL or connection settings cannot work
+    ├── BrokerError          the broker URL or connection settings cannot work
+    └── UpdateError          an update refused or failed (desired state, download,
+                             verification, self-test, store); reported as ``failed``
 
 Errors raised by outside libraries (onnxruntime, LiteRT, paho, orjson) are
 translated into these at the boundary, and every message quotes the bad value
@@ -58,3 +60,7 @@ class ReadingError(EdgeInferError):
 
 class BrokerError(EdgeInferError):
     """The broker cannot be reached or refuses the connection settings."""
+
+
+class UpdateError(EdgeInferError):
+    """An over-the-air update is refused or failed; the message goes into the report."""

@@ -85,9 +85,13 @@ class MqttConnection:
         on_message: Callable[[Incoming], None],
         status_topic: str,
         on_state: Callable[[bool], None] | None = None,
+        control: dict[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self._config = config
-        self._subscriptions = subscriptions
+        # Control topics (the desired state) are QoS 1 and retained; their
+        # handlers only queue the payload, so the message is acked at once.
+        self._control = dict(control or {})
+        self._subscriptions = subscriptions + [(t, 1) for t in self._control]
         self._sink = on_message
         self._status_topic = status_topic
         self._on_state = on_state
@@ -289,6 +293,11 @@ class MqttConnection:
         if not self._accepting:
             return  # left unacknowledged: the broker redelivers it next session
         ticket = self.tracker.register(msg.mid, msg.qos)
+        handler = self._control.get(msg.topic)
+        if handler is not None:
+            handler(bytes(msg.payload))
+            self.tracker.complete(ticket)
+            return
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
         self._sink(Incoming(msg.topic, payload, msg.qos, bool(msg.retain), ticket))
 

@@ -17,6 +17,7 @@ the readings' order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -26,13 +27,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from edgeinfer.active import ActiveModel
 from edgeinfer.errors import ModelError, ReadingError
 from edgeinfer.mqtt.connection import Incoming
 from edgeinfer.mqtt.topics import OutputTopics
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.decode import Decoder, Reading
-from edgeinfer.pipeline.encode import ModelIdentity, encode_error, encode_result
+from edgeinfer.pipeline.encode import encode_error, encode_result
 from edgeinfer.runtimes.base import Array, Model, batchable
 
 log = logging.getLogger(__name__)
@@ -73,11 +76,17 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class ActiveModel:
-    """A loaded model with what results report about it."""
+class BatchOutcome:
+    """What one model run did, for the probation monitor."""
 
-    model: Model
-    identity: ModelIdentity
+    active: ActiveModel
+    readings: int
+    failed: int  # readings answered with inference_failed
+    non_finite: int  # readings whose outputs hold NaN or infinity
+    seconds: float
+
+
+_WAKE = object()  # queued by swap() so an idle engine switches models at once
 
 
 class Engine:
@@ -90,13 +99,18 @@ class Engine:
         publisher: Publisher,
         on_answered: Callable[[Incoming], None],
         metrics: Metrics,
+        on_batch: Callable[[BatchOutcome], None] | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._on_answered = on_answered
+        self._on_batch = on_batch
         self._metrics = metrics
         self._topics = OutputTopics(settings.output_template, settings.module_id)
-        self._queue: queue.Queue[_Job | None] = queue.Queue(settings.queue_size)
+        self._queue: queue.Queue[_Job | object | None] = queue.Queue(settings.queue_size)
+        # swap() hands a model over; the engine thread takes it between batches.
+        self._swap_lock = threading.Lock()
+        self._pending: tuple[ActiveModel, threading.Event] | None = None
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._closed = False
         self._use(active)
@@ -112,6 +126,30 @@ class Engine:
     @property
     def active(self) -> ActiveModel:
         return self._active
+
+    def swap(self, active: ActiveModel) -> threading.Event:
+        """Serve ``active`` from the next batch on; the event is set once it is in use.
+
+        Readings already queued are answered by the new model: none is dropped
+        or answered twice. The old model stays loaded; its owner closes it.
+        """
+        applied = threading.Event()
+        with self._swap_lock:
+            if self._pending is not None:
+                self._pending[1].set()  # superseded before it was used
+            self._pending = (active, applied)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)  # a busy engine looks at _pending anyway
+        if not self._thread.is_alive():
+            self._take_pending()
+        return applied
+
+    def _take_pending(self) -> None:
+        with self._swap_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._use(pending[0])
+            pending[1].set()
 
     @property
     def depth(self) -> int:
@@ -145,8 +183,11 @@ class Engine:
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
+            self._take_pending()
             if first is None:
                 return
+            if not isinstance(first, _Job):
+                continue  # a wake-up from swap()
             jobs = [first]
             stop = self._fill(jobs)
             try:
@@ -181,7 +222,8 @@ class Engine:
                     break
             if job is None:
                 return True
-            jobs.append(job)
+            if isinstance(job, _Job):
+                jobs.append(job)
         return False
 
     def _answer(self, jobs: list[_Job]) -> None:
@@ -194,22 +236,35 @@ class Engine:
                 self._reject(job, exc)
         if not decoded:
             return
+        started = time.perf_counter()
         try:
             outputs = self._run(active.model, [r for _, r in decoded])
         except ModelError as exc:
+            failed = 0
             if len(decoded) == 1:
                 self._reject(decoded[0][0], ReadingError("inference_failed", str(exc)))
-                return
-            # One bad reading must not fail its batch-mates: answer one by one.
-            for job, reading in decoded:
-                try:
-                    self._publish_results(
-                        active, [(job, reading)], self._run(active.model, [reading])
-                    )
-                except ModelError as single:
-                    self._reject(job, ReadingError("inference_failed", str(single)))
+                failed = 1
+            else:
+                # One bad reading must not fail its batch-mates: answer one by one.
+                for job, reading in decoded:
+                    try:
+                        self._publish_results(
+                            active, [(job, reading)], self._run(active.model, [reading])
+                        )
+                    except ModelError as single:
+                        self._reject(job, ReadingError("inference_failed", str(single)))
+                        failed += 1
+            self._report(active, len(decoded), failed, 0, time.perf_counter() - started)
             return
+        elapsed = time.perf_counter() - started
         self._publish_results(active, decoded, outputs)
+        self._report(active, len(decoded), 0, _non_finite_rows(outputs), elapsed)
+
+    def _report(
+        self, active: ActiveModel, readings: int, failed: int, non_finite: int, seconds: float
+    ) -> None:
+        if self._on_batch is not None:
+            self._on_batch(BatchOutcome(active, readings, failed, non_finite, seconds))
 
     def _run(self, model: Model, readings: list[Reading]) -> dict[str, Array]:
         if len(readings) == 1:
@@ -275,6 +330,20 @@ class Engine:
             self._on_answered(msg)
 
         return done
+
+
+def _non_finite_rows(outputs: dict[str, Array]) -> int:
+    """How many rows of the batch have a NaN or infinity in any float output."""
+    bad: npt.NDArray[np.bool_] | None = None
+    for value in outputs.values():
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "fc" or arr.ndim == 0:
+            continue
+        rows: npt.NDArray[np.bool_] = np.asarray(
+            ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        )
+        bad = rows if bad is None or bad.shape != rows.shape else bad | rows
+    return int(bad.sum()) if bad is not None else 0
 
 
 def _reading_id(payload: bytes) -> object:
