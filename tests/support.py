@@ -92,11 +92,17 @@ class Publisher:
             self._acked += 1
             self._cond.notify_all()
 
-    def send(self, topic: str, payload: bytes | dict[str, Any] | list[Any], qos: int = 1) -> None:
+    def send(
+        self,
+        topic: str,
+        payload: bytes | dict[str, Any] | list[Any],
+        qos: int = 1,
+        retain: bool = False,
+    ) -> None:
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         with self._cond:
             self._sent += 1
-        self.client.publish(topic, body, qos=qos)
+        self.client.publish(topic, body, qos=qos, retain=retain)
 
     def flush(self, timeout: float = 10.0) -> None:
         with self._cond:
@@ -121,6 +127,7 @@ class ModuleProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.module_id = module_id or unique("m")
+        self.state_dir = tmp / f"state-{self.module_id}"
         self.prefix = self.module_id
         self.http_port = free_port()
         self.log_path = tmp / f"{self.module_id}.log"
@@ -147,7 +154,7 @@ class ModuleProcess:
             "--module-id",
             self.module_id,
             "--state-dir",
-            str(tmp / "state"),
+            str(self.state_dir),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -30,6 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--module-id", help="module id used in edgeinfer/{id}/... topics")
     run.add_argument("--state-dir", help="directory of the model store")
 
+    deploy = sub.add_parser(
+        "deploy",
+        help="publish a desired state: a model file (sha256 and size computed, signed with "
+        "--sign-key), or without --model a version already in the store",
+    )
+    deploy.add_argument("--module-id", required=True)
+    deploy.add_argument("--model", type=Path, help="the model file to push")
+    deploy.add_argument("--version", required=True)
+    deploy.add_argument("--name", help="model name (default: its manifest's, else the file's)")
+    deploy.add_argument("--url", help="where the module downloads it (default: file:// path)")
+    deploy.add_argument("--broker", default="mqtt://localhost:1883")
+    deploy.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM)")
+    deploy.add_argument("--sequence", type=int, help="default: milliseconds since the epoch")
+
+    status = sub.add_parser("status", help="print a module's reported state")
+    status.add_argument("--module-id", required=True)
+    status.add_argument("--broker", default="mqtt://localhost:1883")
+
     sim = sub.add_parser("simulate", help="replay real sensor recordings as MQTT readings")
     sim.add_argument("--broker", default="mqtt://localhost:1883")
     sim.add_argument("--rate", type=float, default=10.0, help="readings per second (0: unpaced)")
@@ -76,6 +94,36 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         configure_logging(config.log.level, config.log.format)
         return run_module(config)
+    if args.command == "deploy":
+        from edgeinfer.tools.deploy import build_desired, publish_desired
+
+        doc = build_desired(
+            args.model, args.version, args.name, args.url, args.sign_key, args.sequence
+        )
+        publish_desired(args.broker, args.module_id, doc)
+        model = doc["model"]
+        print(
+            f"desired state for {args.module_id}: {model['name']} {model['version']}"
+            + (
+                f" sha256 {model['sha256'][:12]}... {model['size']} bytes"
+                if "url" in model
+                else " (stored version)"
+            )
+            + (", signed" if "signature" in doc else "")
+            + f", sequence {doc['sequence']}"
+        )
+        return 0
+    if args.command == "status":
+        import orjson
+
+        from edgeinfer.tools.deploy import read_reported
+
+        print(
+            orjson.dumps(
+                read_reported(args.broker, args.module_id), option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+        return 0
     if args.command == "simulate":
         from edgeinfer.tools.simulate import simulate
 

@@ -129,13 +129,18 @@ class Downloader:
                 mode, have = "wb", 0  # the server ignored Range: start over
             try:
                 with part.open(mode) as out:
-                    while chunk := response.read(CHUNK):
+                    # read1: whatever has arrived; read(n) would sit on a stalled
+                    # connection until n bytes came, losing a partial chunk.
+                    while chunk := response.read1(CHUNK):
                         have += len(chunk)
                         if have > size:
                             raise UpdateError(
                                 f"{url} sent more than the declared size {size} bytes (model.size)"
                             )
                         out.write(chunk)
+                        # Flushed per chunk: a crash must leave on disk what was
+                        # received, or the resume would start over.
+                        out.flush()
                         progress(have, size)
                         if cancelled():
                             raise SupersededError

@@ -132,7 +132,10 @@ class Updater:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(self._has_work, timeout=self._wait_time())
+                # One wait per pass, its timeout computed afresh: a settle delay
+                # or the probation tick may come due without any notify.
+                if not self._has_work():
+                    self._cond.wait(self._wait_time())
                 if self._stopping:
                     return
                 desired, self._desired = self._desired, None

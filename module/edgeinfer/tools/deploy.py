@@ -1,0 +1,109 @@
+"""``edgeinfer deploy`` and ``edgeinfer status``: the operator's side of the desired state."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+
+from edgeinfer.errors import ConfigError, EdgeInferError, ModelError
+from edgeinfer.manifest import load_manifest
+from edgeinfer.runtimes import detect_format
+from edgeinfer.tools.simulate import connect_client
+from edgeinfer.updates.signing import load_private_key, sign
+
+
+def build_desired(
+    model: Path | None,
+    version: str,
+    name: str | None = None,
+    url: str | None = None,
+    sign_key: Path | None = None,
+    sequence: int | None = None,
+) -> dict[str, Any]:
+    """The desired-state document for ``model`` (or, without one, a stored version)."""
+    doc: dict[str, Any]
+    if model is None:
+        if not name:
+            raise ConfigError(
+                "--name",
+                name,
+                "a model name when no --model is given (activating a version already in the store)",
+            )
+        doc = {"model": {"name": name, "version": version}}
+    else:
+        try:
+            data = model.read_bytes()
+            fmt = detect_format(model)
+        except ModelError as exc:
+            raise ConfigError("--model", str(model), f"an ONNX or TFLite model ({exc})") from exc
+        except OSError as exc:
+            raise ConfigError("--model", str(model), f"a readable file ({exc.strerror})") from exc
+        manifest = load_manifest(model)
+        doc = {
+            "model": {
+                "name": name or manifest.name,
+                "version": version,
+                "url": url or model.resolve().as_uri(),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "format": fmt,
+            }
+        }
+        if manifest.labels:
+            doc["labels"] = list(manifest.labels)
+        if manifest.self_test:
+            doc["self_test"] = manifest.self_test
+    # Milliseconds since the epoch: increases from one deploy to the next
+    # without the operator keeping count.
+    doc["sequence"] = sequence if sequence is not None else int(time.time() * 1000)
+    if sign_key is not None:
+        doc["signature"] = sign(doc, load_private_key(sign_key))
+    return doc
+
+
+def publish_desired(broker: str, module_id: str, doc: dict[str, Any]) -> None:
+    """Publish ``doc`` retained (QoS 1) and wait for the broker to take it."""
+    client = connect_client(broker)
+    try:
+        info = client.publish(
+            f"edgeinfer/{module_id}/desired", orjson.dumps(doc), qos=1, retain=True
+        )
+        info.wait_for_publish(10)
+    except (RuntimeError, ValueError) as exc:
+        raise EdgeInferError(f"could not publish the desired state to {broker}: {exc}") from exc
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def read_reported(broker: str, module_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The module's retained reported state; raises if none arrives within ``timeout``."""
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        got.append(bytes(msg.payload))
+        arrived.set()
+
+    client = connect_client(
+        broker, on_message=on_message, subscribe=[f"edgeinfer/{module_id}/reported"]
+    )
+    try:
+        if not arrived.wait(timeout):
+            raise EdgeInferError(
+                f"no reported state for module {module_id!r} on {broker} "
+                f"within {timeout:.0f} s (is the module id right?)"
+            )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    doc = orjson.loads(got[0])
+    if not isinstance(doc, dict):
+        raise EdgeInferError(f"the reported state of {module_id!r} is not a JSON object")
+    return doc

@@ -1,0 +1,206 @@
+"""Test helpers for updates: a model server with faults, reported-state waits, bad models."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from tests.support import Collector
+
+
+@dataclass
+class Served:
+    """One file the server offers, and how it misbehaves."""
+
+    body: bytes
+    cut_at: int | None = None  # first request: close the connection after this many bytes
+    stall_at: int | None = None  # every request: stop sending here and hang
+    ranges: list[str] = field(default_factory=list)  # Range headers received
+    requests: int = 0
+
+
+class ModelServer:
+    """A local HTTP server that honours Range and can cut or stall a download."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Served] = {}
+        self.release = threading.Event()  # ends every stall
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                served = server.files.get(self.path)
+                if served is None:
+                    self.send_error(404, "Not Found")
+                    return
+                served.requests += 1
+                header = self.headers.get("Range")
+                start = 0
+                if header:
+                    served.ranges.append(header)
+                    start = int(header.split("=")[1].split("-")[0])
+                body = served.body[start:]
+                self.send_response(206 if header else 200)
+                self.send_header("Content-Length", str(len(body)))
+                if header:
+                    end = len(served.body) - 1
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(served.body)}")
+                self.end_headers()
+                limit = len(body)
+                if served.cut_at is not None and served.requests == 1:
+                    limit = max(0, served.cut_at - start)
+                if served.stall_at is not None:
+                    limit = min(limit, max(0, served.stall_at - start))
+                self.wfile.write(body[:limit])
+                self.wfile.flush()
+                if served.stall_at is not None and limit < len(body):
+                    server.release.wait(30)
+                self.close_connection = True
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def add(self, path: str, body: bytes, **faults: Any) -> str:
+        self.files[path] = Served(body, **faults)
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def desired_for(
+    url: str, body: bytes, name: str = "har", version: str = "1.1.0", **extra: Any
+) -> dict[str, Any]:
+    """A desired state for ``body`` served at ``url``."""
+    doc: dict[str, Any] = {
+        "model": {
+            "name": name,
+            "version": version,
+            "url": url,
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "size": len(body),
+        }
+    }
+    doc.update(extra)
+    return doc
+
+
+def wait_reported(
+    sink: Collector, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+) -> dict[str, Any]:
+    """The first reported document matching ``predicate``."""
+    deadline = time.monotonic() + timeout
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        seen = sink.docs("/reported")
+        for doc in seen:
+            if predicate(doc):
+                return doc
+        time.sleep(0.02)
+    states = [
+        (
+            d["update"]["state"],
+            d["update"]["target"],
+            d["model"].get("version"),
+            d["update"]["error"],
+        )
+        for d in seen[-5:]
+    ]
+    raise AssertionError(f"no matching reported state within {timeout} s; last: {states}")
+
+
+def wait_reported_after(
+    sink: Collector, before: int, state: str, timeout: float = 15.0
+) -> dict[str, Any]:
+    """The first report in ``state`` among those published after the first ``before``."""
+    deadline = time.monotonic() + timeout
+    newer: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        newer = sink.docs("/reported")[before:]
+        for doc in newer:
+            if doc["update"]["state"] == state:
+                return doc
+        time.sleep(0.02)
+    states = [(d["update"]["state"], d["update"]["error"]) for d in newer[-5:]]
+    raise AssertionError(f"no {state!r} report within {timeout} s; newer ones: {states}")
+
+
+def update_is(state: str, version: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    def check(doc: dict[str, Any]) -> bool:
+        update = doc["update"]
+        target = update.get("target") or {}
+        return update["state"] == state and (version is None or target.get("version") == version)
+
+    return check
+
+
+def onnx_model(
+    nodes: list[Any], outputs: list[tuple[str, list[Any]]], initializers: list[Any] | None = None
+) -> bytes:
+    """An ONNX model over the HAR input ``window`` float32 [batch, 100, 6]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", 100, 6])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        initializers or [],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def nan_model() -> bytes:
+    """Outputs NaN for every reading: probabilities = mean(window) * NaN, shape [batch, 4]."""
+    from onnx import helper, numpy_helper
+
+    return onnx_model(
+        [helper.make_node("ReduceMean", ["window"], ["m"], axes=[1], keepdims=0),
+         helper.make_node("Mul", ["m", "nan"], ["probabilities"])],
+        [("probabilities", ["batch", 6])],
+        [numpy_helper.from_array(np.full((6,), np.nan, np.float32), "nan")],
+    )  # fmt: skip
+
+
+def wrong_shape_model() -> bytes:
+    """probabilities shaped [batch, 6] instead of [batch, 4]."""
+    from onnx import helper
+
+    return onnx_model(
+        [helper.make_node("ReduceMean", ["window"], ["probabilities"], axes=[1], keepdims=0)],
+        [("probabilities", ["batch", 6])],
+    )  # fmt: skip
+
+
+def nan_below_model(threshold: float) -> bytes:
+    """sqrt(mean(window) - threshold): finite only for windows whose mean exceeds it."""
+    from onnx import helper, numpy_helper
+
+    return onnx_model(
+        [helper.make_node("ReduceMean", ["window"], ["m"], axes=[1, 2], keepdims=0),
+         helper.make_node("Unsqueeze", ["m", "one"], ["m2"]),
+         helper.make_node("Sub", ["m2", "t"], ["d"]),
+         helper.make_node("Sqrt", ["d"], ["probabilities"])],
+        [("probabilities", ["batch", 1])],
+        [numpy_helper.from_array(np.array([1], np.int64), "one"),
+         numpy_helper.from_array(np.array(threshold, np.float32), "t")],
+    )  # fmt: skip
