@@ -23,8 +23,9 @@ check: $(BIN)/.installed         ## lint, format and type checks
 	$(BIN)/ruff format --check module tests benchmarks models
 	$(BIN)/mypy
 
-bench: $(BIN)/.installed         ## pass-through vs naive peer vs edgeinfer, one table
+bench: $(BIN)/.installed         ## pipeline (pass-through vs naive vs edgeinfer), then updates
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_update.py
 
 models:                          ## retrain the sample models (needs the heavy 'train' extra)
 	$(BIN)/python -m pip install -q -e '.[train]'

@@ -54,6 +54,10 @@ def test_the_demo_shows_live_results_and_a_summary_with_nothing_lost() -> None:
     assert "results received   2005  (lost 0, errors 0)" in out
     assert "accuracy vs truth  100.0%" in out
     assert "burst end-to-end   p50" in out
+    assert "[demo] pushing an over-the-air update" in out
+    assert "  [update] active      serving har 1.1.0 (ai-edge-litert" in out
+    assert "model=har 1.1.0" in out
+    assert "  update             har 1.1.0 active " in out
 
 
 def test_a_broker_that_never_answers_connect_is_reported_with_a_hint_and_retried(

@@ -18,11 +18,15 @@ import orjson
 import paho.mqtt.client as paho
 
 from edgeinfer.tools.broker import LocalBroker, free_port, port_open
+from edgeinfer.tools.deploy import build_desired, publish_desired
 from edgeinfer.tools.recordings import load_recordings
 from edgeinfer.tools.simulate import connect_client, recording_index, simulate
 
 REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
 DEFAULT_MODEL = REPO_MODELS / "har" / "onnx" / "model.onnx"
+# What the demo pushes over the air: the same task in the other runtime.
+UPDATE_MODEL = REPO_MODELS / "har" / "tflite" / "model.tflite"
+UPDATE_VERSION = "1.1.0"
 
 
 def wait_ready(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> float:
@@ -53,10 +57,16 @@ class ResultWatcher:
         self.errors = 0
         self.quiet_after = quiet_after
         self.lock = threading.Lock()
+        self.update_state = ""
+        self.update_started = 0.0
+        self.update_took = 0.0
 
     def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         now = time.time()
         doc = orjson.loads(msg.payload)
+        if msg.topic.endswith("/reported"):
+            self._on_reported(doc)
+            return
         if msg.topic.endswith("/errors"):
             self.errors += 1
             print(f"  error on {doc['topic']}: {doc['error']}: {doc['reason']}", flush=True)
@@ -69,7 +79,7 @@ class ResultWatcher:
             self.latencies_ms.append(e2e)
             self.correct += doc["label"] == truth
             count = len(self.ids)
-        if count <= self.quiet_after:
+        if count <= self.quiet_after and rid < self.quiet_after:
             mark = "ok " if doc["label"] == truth else "MISS"
             print(
                 f"  {doc['topic']:<18} id={rid:<5} {mark} label={doc['label']:<9} "
@@ -78,6 +88,21 @@ class ResultWatcher:
                 f"end-to-end {e2e:.2f} ms",
                 flush=True,
             )
+
+    def _on_reported(self, doc: dict[str, Any]) -> None:
+        update = doc["update"]
+        if update["state"] == self.update_state or not self.update_started:
+            return
+        self.update_state = update["state"]
+        if self.update_state in ("active", "failed", "rolled_back"):
+            self.update_took = time.monotonic() - self.update_started
+        extra = f" progress {update['progress']:.0%}" if update["progress"] is not None else ""
+        error = f": {update['error']}" if update["error"] else ""
+        print(
+            f"  [update] {self.update_state:<11} serving {doc['model']['name']} "
+            f"{doc['model']['version']} ({doc['model']['runtime']}){extra}{error}",
+            flush=True,
+        )
 
 
 def run_demo(duration: float, model: Path | None = None) -> int:
@@ -104,6 +129,8 @@ def run_demo(duration: float, model: Path | None = None) -> int:
         EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
         EDGEINFER_LOG_FORMAT="text",
         EDGEINFER_LOG_LEVEL="WARNING",
+        EDGEINFER_BROKER_PROTOCOL=protocol,
+        EDGEINFER_UPDATES_PROBATION_S="3",
     )
     cmd = [
         sys.executable,
@@ -134,14 +161,29 @@ def run_demo(duration: float, model: Path | None = None) -> int:
         watcher_client = connect_client(
             url,
             on_message=watcher.on_message,
-            subscribe=["inference/sensors/+/imu", f"edgeinfer/{module_id}/errors"],
+            subscribe=[
+                "inference/sensors/+/imu",
+                f"edgeinfer/{module_id}/errors",
+                f"edgeinfer/{module_id}/reported",
+            ],
+            protocol=protocol,
         )
         print(
             f"[demo] replaying {live_count} real BasicMotions recordings at 5/s "
             f"(sensors/sim1..4/imu):"
         )
-        simulate(url, rate=5, count=live_count, devices=4, protocol=protocol)
+        half = live_count // 2
+        simulate(url, rate=5, count=half, devices=4, protocol=protocol)
+        _wait_for(lambda: len(watcher.ids) >= half, 5)
+        print(
+            f"[demo] pushing an over-the-air update: edgeinfer deploy --module-id {module_id} "
+            f"--model {UPDATE_MODEL.relative_to(REPO_MODELS.parent)} --version {UPDATE_VERSION}"
+        )
+        watcher.update_started = time.monotonic()
+        publish_desired(url, module_id, build_desired(UPDATE_MODEL, UPDATE_VERSION), protocol)
+        simulate(url, rate=5, count=live_count - half, devices=4, first_id=half, protocol=protocol)
         _wait_for(lambda: len(watcher.ids) >= live_count, 5)
+        _wait_for(lambda: watcher.update_state in ("active", "failed", "rolled_back"), 10)
         burst = 2000
         print(f"[demo] now a burst: {burst} readings at 1000/s ...", flush=True)
         started = time.monotonic()
@@ -157,12 +199,16 @@ def run_demo(duration: float, model: Path | None = None) -> int:
             f"errors {watcher.errors})"
         )
         print(f"  accuracy vs truth  {watcher.correct / max(1, len(watcher.latencies_ms)):.1%}")
+        print(
+            f"  update             har {UPDATE_VERSION} {watcher.update_state or 'no report'} "
+            f"{watcher.update_took:.1f} s after the desired state (probation included)"
+        )
         print(f"  burst throughput   {burst / took:.0f} readings/s")
         print(
             f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
             f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms"
         )
-        return 0 if len(watcher.ids) == total else 1
+        return 0 if len(watcher.ids) == total and watcher.update_state == "active" else 1
     finally:
         if watcher_client is not None:
             watcher_client.disconnect()

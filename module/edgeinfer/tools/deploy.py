@@ -67,9 +67,9 @@ def build_desired(
     return doc
 
 
-def publish_desired(broker: str, module_id: str, doc: dict[str, Any]) -> None:
+def publish_desired(broker: str, module_id: str, doc: dict[str, Any], protocol: str = "5") -> None:
     """Publish ``doc`` retained (QoS 1) and wait for the broker to take it."""
-    client = connect_client(broker)
+    client = connect_client(broker, protocol=protocol)
     try:
         info = client.publish(
             f"edgeinfer/{module_id}/desired", orjson.dumps(doc), qos=1, retain=True

@@ -184,6 +184,16 @@ class Updater:
             if self._reporter.state not in ("active", "probation"):
                 self._reporter.update("active", target)
             return
+        if desired.url is not None and self._store.is_failed(desired.name, desired.version):
+            # Retained desired states come back on every restart: without this a
+            # rolled-back model would be swapped in (and out) again each time.
+            self._fail(
+                target,
+                f"{desired.name} {desired.version} failed here before (rolled "
+                "back, or refused at start): deploy a new version, or activate this one "
+                "explicitly with a desired state without url",
+            )
+            return
         try:
             for verifier in self._verifiers:
                 verifier.verify(desired)
