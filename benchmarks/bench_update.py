@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import os
 import statistics
 import subprocess
@@ -52,13 +53,32 @@ class Quiet(SimpleHTTPRequestHandler):
 class Rig:
     def __init__(self, broker: LocalBroker, state: Path) -> None:
         self.http_port = free_port()
-        env = dict(os.environ, EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-                   EDGEINFER_LOG_LEVEL="WARNING", EDGEINFER_UPDATES_ALLOW_HTTP="true",
-                   EDGEINFER_UPDATES_PROBATION_S="0.2", EDGEINFER_UPDATES_SELF_TEST_RUNS="5",
-                   EDGEINFER_UPDATES_KEEP_VERSIONS="10")
+        env = dict(
+            os.environ,
+            EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
+            EDGEINFER_LOG_LEVEL="WARNING",
+            EDGEINFER_UPDATES_ALLOW_HTTP="true",
+            EDGEINFER_UPDATES_PROBATION_S="0.2",
+            EDGEINFER_UPDATES_SELF_TEST_RUNS="5",
+            EDGEINFER_UPDATES_KEEP_VERSIONS="10",
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeinfer", "run", "--model", str(ONNX), "--broker",
-             broker.url, "--module-id", MID, "--state-dir", str(state)], env=env)
+            [
+                sys.executable,
+                "-m",
+                "edgeinfer",
+                "run",
+                "--model",
+                str(ONNX),
+                "--broker",
+                broker.url,
+                "--module-id",
+                MID,
+                "--state-dir",
+                str(state),
+            ],
+            env=env,
+        )
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz") as r:
@@ -70,8 +90,11 @@ class Rig:
         self.results: list[tuple[float, dict[str, Any]]] = []
         self.errors = 0
         self.reported: list[dict[str, Any]] = []
-        self.sub = connect_client(broker.url, on_message=self._on_message, subscribe=[
-            "inference/#", f"edgeinfer/{MID}/errors", f"edgeinfer/{MID}/reported"])
+        self.sub = connect_client(
+            broker.url,
+            on_message=self._on_message,
+            subscribe=["inference/#", f"edgeinfer/{MID}/errors", f"edgeinfer/{MID}/reported"],
+        )
         self.pub = connect_client(broker.url)
         self.windows = [w.tolist() for w in load_recordings().windows]
 
@@ -96,8 +119,7 @@ class Rig:
         while time.monotonic() < deadline:
             with self.lock:
                 last = self.reported[-1] if self.reported else None
-            if last and last["update"]["state"] == "active" and \
-                    last["model"]["version"] == version:
+            if last and last["update"]["state"] == "active" and last["model"]["version"] == version:
                 return
             if last and last["update"]["state"] in ("failed", "rolled_back"):
                 raise RuntimeError(f"update failed: {last['update']['error']}")
@@ -130,10 +152,18 @@ class Rig:
 
 def desired(url: str, body: bytes, version: str) -> dict[str, Any]:
     manifest = orjson.loads((TFLITE.parent / "manifest.json").read_bytes())
-    return {"model": {"name": "har", "version": version, "url": url,
-                      "sha256": hashlib.sha256(body).hexdigest(), "size": len(body),
-                      "format": "tflite"},
-            "labels": manifest["labels"], "self_test": manifest["self_test"]}
+    return {
+        "model": {
+            "name": "har",
+            "version": version,
+            "url": url,
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "size": len(body),
+            "format": "tflite",
+        },
+        "labels": manifest["labels"],
+        "self_test": manifest["self_test"],
+    }
 
 
 def main() -> int:
@@ -146,8 +176,10 @@ def main() -> int:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/model.tflite"
-    with LocalBroker(kind="mosquitto", persistence=False) as broker, \
-            tempfile.TemporaryDirectory() as state:
+    with (
+        LocalBroker(kind="mosquitto", persistence=False) as broker,
+        tempfile.TemporaryDirectory() as state,
+    ):
         rig = Rig(broker, Path(state))
         try:
             # 1. desired state -> first result from the new version
@@ -155,25 +187,28 @@ def main() -> int:
             next_id = 0
             for n in range(args.updates):
                 version = f"1.{n + 1}.0"
-                box: dict[str, float] = {}
-
-                def push(v: str = version) -> None:
-                    box["sent"] = rig.desire(desired(url, body, v))
-
-                ids = rig.stream(200, 2.5, next_id, during=push)
+                sent_at: list[float] = []
+                doc = desired(url, body, version)
+                ids = rig.stream(
+                    200, 2.5, next_id,
+                    during=functools.partial(lambda d, out: out.append(rig.desire(d)), doc, sent_at),
+                )  # fmt: skip
                 next_id = ids.stop
                 rig.wait_active(version)
                 with rig.lock:
                     first = min(t for t, d in rig.results if d["version"] == version)
-                delays.append((first - box["sent"]) * 1000)
+                delays.append((first - sent_at[0]) * 1000)
             # 2. a swap under 1,000 readings/s
             time.sleep(0.5)
             with rig.lock:
                 rig.results.clear()
                 errors_before = rig.errors
-            ids = rig.stream(1000, 6, next_id,
-                             during=lambda: rig.desire({"model": {"name": "har",
-                                                                  "version": "1.0.0"}}))
+            ids = rig.stream(
+                1000,
+                6,
+                next_id,
+                during=lambda: rig.desire({"model": {"name": "har", "version": "1.0.0"}}),
+            )
             next_id = ids.stop
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
@@ -187,7 +222,7 @@ def main() -> int:
                 versions = {d["version"] for _, d in rig.results}
                 lost = len(set(ids) - {d["id"] for _, d in rig.results})
                 errors = rig.errors - errors_before
-            gap_ms = max(b - a for a, b in zip(arrivals, arrivals[1:], strict=False)) * 1000
+            gap_ms = max(b - a for a, b in itertools.pairwise(arrivals)) * 1000
             rig.wait_active("1.0.0")
             # 3. memory across swaps back and forth
             rig.desire({"model": {"name": "har", "version": "1.1.0"}})
@@ -205,16 +240,24 @@ def main() -> int:
             httpd.shutdown()
     median = statistics.median(delays)
     growth = rss_last / rss_first - 1
-    print(f"desired state -> first result from the new version: median {median:.0f} ms "
-          f"(each: {', '.join(f'{d:.0f}' for d in delays)} ms)")
-    print(f"swap under 1,000 readings/s: {len(ids)} readings, lost {lost}, errors {errors}, "
-          f"largest gap between results {gap_ms:.1f} ms, versions seen {sorted(versions)}")
-    print(f"resident memory: {rss_first:.1f} MB after the first swap, {rss_last:.1f} MB after "
-          f"{args.swaps} more ({growth:+.1%})")
-    checks = [("desired -> first new result <= 1 s", median <= 1000),
-              ("lost == 0 and errors == 0 during the swap", lost == 0 and errors == 0),
-              ("largest gap <= 50 ms", gap_ms <= 50),
-              (f"memory after {args.swaps} swaps <= +10%", growth <= 0.10)]
+    print(
+        f"desired state -> first result from the new version: median {median:.0f} ms "
+        f"(each: {', '.join(f'{d:.0f}' for d in delays)} ms)"
+    )
+    print(
+        f"swap under 1,000 readings/s: {len(ids)} readings, lost {lost}, errors {errors}, "
+        f"largest gap between results {gap_ms:.1f} ms, versions seen {sorted(versions)}"
+    )
+    print(
+        f"resident memory: {rss_first:.1f} MB after the first swap, {rss_last:.1f} MB after "
+        f"{args.swaps} more ({growth:+.1%})"
+    )
+    checks = [
+        ("desired -> first new result <= 1 s", median <= 1000),
+        ("lost == 0 and errors == 0 during the swap", lost == 0 and errors == 0),
+        ("largest gap <= 50 ms", gap_ms <= 50),
+        (f"memory after {args.swaps} swaps <= +10%", growth <= 0.10),
+    ]
     for label, ok in checks:
         print(f"  [{'met   ' if ok else 'MISSED'}] {label}")
     return 0 if all(ok for _, ok in checks) else 1

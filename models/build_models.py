@@ -175,6 +175,12 @@ def write_manifest(
     (model_path.parent / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def export_datasets(x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    """Calibration inputs (train split) and evaluation set (test split) for `edgeinfer quantize`."""
+    np.savez_compressed(OUT / "calibration.npz", window=x_train)
+    np.savez_compressed(OUT / "eval.npz", window=x_test, labels=y_test)
+
+
 def main() -> None:
     random.seed(SEED)
     np.random.seed(SEED)
@@ -199,6 +205,7 @@ def main() -> None:
         report[fmt] = {"held_out_accuracy": acc, "max_abs_diff_vs_keras": gap}
         write_manifest(path, fmt, probs, x_test, acc)
 
+    export_datasets(x_train, x_test, y_test)
     RECORDINGS.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(RECORDINGS, windows=x_test, labels=y_test, label_names=np.array(LABELS))
     print(json.dumps(report, indent=2))
