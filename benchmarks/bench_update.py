@@ -189,10 +189,11 @@ def main() -> int:
                 version = f"1.{n + 1}.0"
                 sent_at: list[float] = []
                 doc = desired(url, body, version)
-                ids = rig.stream(
-                    200, 2.5, next_id,
-                    during=functools.partial(lambda d, out: out.append(rig.desire(d)), doc, sent_at),
-                )  # fmt: skip
+
+                def push(doc: dict[str, Any] = doc, out: list[float] = sent_at) -> None:
+                    out.append(rig.desire(doc))
+
+                ids = rig.stream(200, 2.5, next_id, during=push)
                 next_id = ids.stop
                 rig.wait_active(version)
                 with rig.lock:
