@@ -30,13 +30,18 @@ def own_broker() -> Iterator[LocalBroker]:
         yield b
 
 
+@pytest.fixture(autouse=True)
+def stop_modules() -> Iterator[None]:
+    """Stop every module a test started, however the test ended."""
+    yield
+    while ModuleProcess.launched:
+        ModuleProcess.launched.pop().stop()
+
+
 @pytest.fixture
-def modules(tmp_path: Path) -> Iterator[list[ModuleProcess]]:
-    """Modules started by the test; all stopped at its end."""
-    started: list[ModuleProcess] = []
-    yield started
-    for m in started:
-        m.stop()
+def modules() -> list[ModuleProcess]:
+    """Modules a test keeps track of (stopping is done by stop_modules)."""
+    return []
 
 
 @pytest.fixture(scope="session")

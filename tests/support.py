@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import paho.mqtt.client as paho
@@ -169,9 +169,13 @@ class ModuleProcess:
     def errors_topic(self) -> str:
         return f"edgeinfer/{self.module_id}/errors"
 
+    #: Every module started, so a fixture can stop them even when a test fails mid-start.
+    launched: ClassVar[list[ModuleProcess]] = []
+
     def start(self, wait: bool = True) -> ModuleProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=log)
+        ModuleProcess.launched.append(self)
         if wait:
             self.wait_ready()
         return self
