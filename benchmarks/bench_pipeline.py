@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -54,6 +55,8 @@ class Contender:
             EDGEINFER_LOG_LEVEL="WARNING",
             EDGEINFER_BROKER_SESSION_EXPIRY_S="0",
         )
+        # Its own model store, not ./state in whatever directory the bench runs from.
+        self.state = tempfile.TemporaryDirectory(prefix="edgeinfer-bench-")
         if name == "edgeinfer":
             cmd = [
                 sys.executable,
@@ -66,6 +69,8 @@ class Contender:
                 broker.url,
                 "--module-id",
                 f"bench{round_no}",
+                "--state-dir",
+                self.state.name,
             ]
         else:
             cmd = [
@@ -107,6 +112,7 @@ class Contender:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(15)
+        self.state.cleanup()
 
 
 class LoadGenerator:

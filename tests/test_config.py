@@ -134,22 +134,36 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_the_cli_exits_2_naming_the_bad_key_and_value(tmp_path: Path) -> None:
-    bad = run_cli("run", "--model", str(ONNX_MODEL), env={"EDGEINFER_PIPELINE_QUEUE_SIZE": "0"})
+    state = ("--state-dir", str(tmp_path / "state"))
+    bad = run_cli(
+        "run", "--model", str(ONNX_MODEL), *state, env={"EDGEINFER_PIPELINE_QUEUE_SIZE": "0"}
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "edgeinfer: bad configuration: pipeline.queue_size = 0: expected an integer >= 1"
     )
-    missing = run_cli("run", "--model", str(tmp_path / "nope.onnx"))
+    missing = run_cli("run", "--model", str(tmp_path / "nope.onnx"), *state)
     assert missing.returncode == 2
-    assert f"model.path = '{tmp_path / 'nope.onnx'}'" in missing.stderr
-    assert "cannot read the model file" in missing.stderr
+    assert missing.stderr.strip() == (
+        f"edgeinfer: bad configuration: model.path = "
+        f"'{tmp_path / 'nope.onnx'}': expected an existing ONNX "
+        "or TFLite model file"
+    )
     not_a_model = tmp_path / "model.onnx"
     not_a_model.write_text("hello")
-    junk = run_cli("run", "--model", str(not_a_model))
+    junk = run_cli("run", "--model", str(not_a_model), *state)
     assert junk.returncode == 2
     assert "not a model file: expected an ONNX protobuf or a TFLite flatbuffer" in junk.stderr
     no_model = run_cli("run", "--state-dir", str(tmp_path / "empty"))
     assert no_model.returncode == 2
     assert "model.path = '': expected a model file (--model)" in no_model.stderr
+    # A store that already serves a model does not excuse a wrong --model path.
+    from edgeinfer.updates.store import ModelStore
+
+    store = ModelStore(tmp_path / "seeded")
+    store.activate(store.install(ONNX_MODEL, "onnx", "har", "1.0.0", {}))
+    stale = run_cli("run", "--model", str(tmp_path / "gone.onnx"), "--state-dir", str(store.root))
+    assert stale.returncode == 2
+    assert "gone.onnx': expected an existing ONNX or TFLite model file" in stale.stderr
     usage = run_cli("run", "--bogus")
     assert usage.returncode == 2

@@ -55,7 +55,7 @@ def test_the_demo_shows_live_results_and_a_summary_with_nothing_lost() -> None:
     assert "accuracy vs truth  100.0%" in out
     assert "burst end-to-end   p50" in out
     assert "[demo] pushing an over-the-air update" in out
-    assert "  [update] active      serving har 1.1.0 (ai-edge-litert" in out
+    assert "  [update] active      serving har 1.1.0 (onnxruntime" in out
     assert "model=har 1.1.0" in out
     assert "  update             har 1.1.0 active " in out
 

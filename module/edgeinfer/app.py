@@ -70,6 +70,9 @@ def serve_from_store(config: Config, store: ModelStore) -> tuple[ActiveModel, St
         log.warning("store repaired: %s", action)
     current = store.link("current")
     configured = Path(config.model.path) if config.model.path else None
+    if configured is not None and not configured.is_file():
+        # Even when the store would serve its own current: a wrong path is a mistake to report.
+        raise ConfigError("model.path", str(configured), "an existing ONNX or TFLite model file")
     if current is None and configured is not None:
         current = seed_store(store, configured)
         log.info("installed %s into the store as %s %s", configured, current.name, current.version)

@@ -48,6 +48,69 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--module-id", required=True)
     status.add_argument("--broker", default="mqtt://localhost:1883")
 
+    insp = sub.add_parser(
+        "inspect",
+        help="a model's format, signature, size and sha256; "
+        "with --manifest, a manifest ready for the desired state",
+    )
+    insp.add_argument("model", type=Path, metavar="MODEL")
+    insp.add_argument("--manifest", type=Path, help="write a manifest here")
+    insp.add_argument("--labels", type=Path, help="class labels: JSON list or one per line")
+    insp.add_argument(
+        "--sample",
+        type=Path,
+        help="self-test reading: .json reading, .npy or .npz (default: generated)",
+    )
+    insp.add_argument("--name", help="model name in the manifest (default: the file's stem)")
+    insp.add_argument("--version", default="1.0.0", help="version in the manifest")
+    insp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    bench = sub.add_parser(
+        "bench",
+        help="latency p50/p95/p99, throughput, peak memory and load "
+        "time of one or more models (ONNX and TFLite), side by side",
+    )
+    bench.add_argument("models", type=Path, nargs="+", metavar="MODEL")
+    bench.add_argument("--batch", type=int, default=8, help="batch size for batch throughput")
+    bench.add_argument("--runs", type=int, default=200, help="timed single-sample runs")
+    bench.add_argument("--warmup", type=int, default=20, help="untimed runs first")
+    bench.add_argument("--threads", type=int, default=0, help="runtime threads (0: default)")
+    bench.add_argument("--input", type=Path, help=".npz of inputs (default: generated)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+
+    quant = sub.add_parser(
+        "quantize",
+        help="INT8 (dynamic/static) or float16 quantization of an ONNX model, validated "
+        "against the original. ONNX only: TFLite models are quantized when converted "
+        "(TFLiteConverter), so a .tflite is refused",
+    )
+    quant.add_argument("model", type=Path, metavar="MODEL")
+    quant.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="the quantized .onnx (a manifest "
+        "is written beside it: give each model its own directory)",
+    )
+    quant.add_argument("--mode", choices=("dynamic", "static", "fp16"), default="dynamic")
+    quant.add_argument("--calibration", type=Path, help=".npz of real inputs (static mode)")
+    quant.add_argument(
+        "--method",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="calibration method (static mode)",
+    )
+    quant.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    quant.add_argument("--eval", type=Path, help=".npz of inputs and 'labels' for accuracy")
+    quant.add_argument(
+        "--min-accuracy-retention",
+        type=float,
+        default=0.98,
+        help="below this, exit 1 and write nothing (default 0.98)",
+    )
+    quant.add_argument("--version", help="version in the manifest (default: source + mode)")
+    quant.add_argument("--json", action="store_true", help="print one JSON object")
+
     sim = sub.add_parser("simulate", help="replay real sensor recordings as MQTT readings")
     sim.add_argument("--broker", default="mqtt://localhost:1883")
     sim.add_argument("--rate", type=float, default=10.0, help="readings per second (0: unpaced)")
@@ -124,6 +187,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             ).decode()
         )
         return 0
+    if args.command in ("inspect", "bench", "quantize"):
+        return _model_tool(args)
     if args.command == "simulate":
         from edgeinfer.tools.simulate import simulate
 
@@ -149,6 +214,63 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(args.duration, args.model)
     raise AssertionError(args.command)
+
+
+def _model_tool(args: argparse.Namespace) -> int:
+    import orjson
+
+    def show(doc: object, text: str) -> None:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.json else text)
+
+    if args.command == "inspect":
+        from edgeinfer.tools.modelinfo import (
+            build_manifest,
+            describe,
+            open_model,
+            read_labels,
+            sample_reading,
+        )
+
+        info = describe(args.model)
+        show(info.as_dict(), info.text())
+        if args.manifest:
+            labels = read_labels(args.labels) if args.labels else []
+            model, _ = open_model(args.model)
+            reading = sample_reading(model, args.sample)
+            model.close()
+            manifest = build_manifest(
+                args.model, args.name or args.model.stem, args.version, labels, reading
+            )
+            args.manifest.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+            if not args.json:
+                print(f"manifest written to {args.manifest}")
+        return 0
+    if args.command == "bench":
+        from edgeinfer.tools.modelbench import bench_models, results_json, results_table
+
+        results = bench_models(
+            args.models, args.batch, args.runs, args.warmup, args.threads, args.input
+        )
+        show(results_json(results), results_table(results))
+        return 0
+    from edgeinfer.tools.quantize import quantize, report_json
+
+    report = quantize(
+        args.model,
+        args.out,
+        args.mode,
+        args.calibration,
+        args.eval,
+        args.min_accuracy_retention,
+        args.method,
+        args.per_channel,
+        args.version,
+    )
+    show(
+        report_json(report),
+        report.text() + f"\nwritten: {args.out} and {args.out.parent / 'manifest.json'}",
+    )
+    return 0
 
 
 if __name__ == "__main__":

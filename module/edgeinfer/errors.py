@@ -37,6 +37,10 @@ class ConfigError(EdgeInferError):
         self.expected = expected
         super().__init__(f"{key} = {value!r}: expected {expected}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, object, str]]:
+        # Picklable with its own arguments: benchmark workers send it back.
+        return (ConfigError, (self.key, self.value, self.expected))
+
 
 class ModelError(EdgeInferError):
     """A model file cannot be recognised, loaded or run."""
@@ -56,6 +60,9 @@ class ReadingError(EdgeInferError):
         self.code = code
         self.reason = reason
         super().__init__(f"{code}: {reason}")
+
+    def __reduce__(self) -> tuple[type[ReadingError], tuple[str, str]]:
+        return (ReadingError, (self.code, self.reason))
 
 
 class BrokerError(EdgeInferError):

@@ -24,8 +24,9 @@ from edgeinfer.tools.simulate import connect_client, recording_index, simulate
 
 REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
 DEFAULT_MODEL = REPO_MODELS / "har" / "onnx" / "model.onnx"
-# What the demo pushes over the air: the same task in the other runtime.
-UPDATE_MODEL = REPO_MODELS / "har" / "tflite" / "model.tflite"
+# What the demo pushes over the air: the sample model quantized to INT8 (static,
+# calibrated on the training recordings) by `edgeinfer quantize`.
+UPDATE_MODEL = REPO_MODELS / "har" / "int8-static" / "model.onnx"
 UPDATE_VERSION = "1.1.0"
 
 

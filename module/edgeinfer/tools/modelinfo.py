@@ -35,30 +35,45 @@ class ModelInfo:
 
     def as_dict(self) -> dict[str, Any]:
         def tensor(s: TensorSpec) -> dict[str, Any]:
-            return {"name": s.name, "dtype": s.dtype.name,
-                    "shape": [d if isinstance(d, int) and d >= 0 else (d or "?") for d in s.shape]}
+            return {
+                "name": s.name,
+                "dtype": s.dtype.name,
+                "shape": [d if isinstance(d, int) and d >= 0 else (d or "?") for d in s.shape],
+            }
 
-        return {"path": str(self.path), "format": self.format, "runtime": self.runtime,
-                "inputs": [tensor(s) for s in self.inputs],
-                "outputs": [tensor(s) for s in self.outputs], "version": self.version,
-                "producer": self.producer, "size": self.size, "sha256": self.sha256}
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "runtime": self.runtime,
+            "inputs": [tensor(s) for s in self.inputs],
+            "outputs": [tensor(s) for s in self.outputs],
+            "version": self.version,
+            "producer": self.producer,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
 
     def text(self) -> str:
-        lines = [f"{self.path}", f"  format    {self.format} ({self.version})",
-                 f"  runtime   {self.runtime}", f"  producer  {self.producer or 'unknown'}",
-                 f"  size      {self.size} bytes", f"  sha256    {self.sha256}"]
+        lines = [
+            f"{self.path}",
+            f"  format    {self.format} ({self.version})",
+            f"  runtime   {self.runtime}",
+            f"  producer  {self.producer or 'unknown'}",
+            f"  size      {self.size} bytes",
+            f"  sha256    {self.sha256}",
+        ]
         lines += [f"  input     {s.describe()}" for s in self.inputs]
         lines += [f"  output    {s.describe()}" for s in self.outputs]
         return "\n".join(lines)
 
 
-def open_model(path: Path, flag: str = "MODEL") -> tuple[Model, str]:
+def open_model(path: Path, flag: str = "MODEL", threads: int = 0) -> tuple[Model, str]:
     """Load ``path``; a missing file or one that is no model is a usage error (exit 2)."""
     if not path.is_file():
         raise ConfigError(flag, str(path), "an existing ONNX or TFLite model file")
     try:
         fmt = detect_format(path)
-        return load_model(path), fmt
+        return load_model(path, threads=threads), fmt
     except ModelError as exc:
         raise ConfigError(flag, str(path), f"an ONNX or TFLite model ({exc})") from exc
 
@@ -70,8 +85,17 @@ def describe(path: Path) -> ModelInfo:
         version, producer = _onnx_meta(data)
     else:
         version, producer = f"TFLite schema version {_tflite_version(data)}", ""
-    info = ModelInfo(path, fmt, model.runtime, model.inputs, model.outputs, version, producer,
-                     len(data), hashlib.sha256(data).hexdigest())
+    info = ModelInfo(
+        path,
+        fmt,
+        model.runtime,
+        model.inputs,
+        model.outputs,
+        version,
+        producer,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
     model.close()
     return info
 
@@ -91,8 +115,11 @@ def _tflite_version(data: bytes) -> int:
     # Model table: root offset at 0; field 0 of its vtable is the schema version.
     root = struct.unpack_from("<I", data, 0)[0]
     vtable = root - struct.unpack_from("<i", data, root)[0]
-    field = struct.unpack_from("<H", data, vtable + 4)[0] if struct.unpack_from(
-        "<H", data, vtable)[0] > 4 else 0
+    field = (
+        struct.unpack_from("<H", data, vtable + 4)[0]
+        if struct.unpack_from("<H", data, vtable)[0] > 4
+        else 0
+    )
     return int(struct.unpack_from("<I", data, root + field)[0]) if field else 0
 
 
@@ -122,20 +149,30 @@ def sample_reading(model: Model, sample: Path | None) -> dict[str, Any]:
             return {"features": np.load(sample, allow_pickle=False).tolist()}
         reading = orjson.loads(sample.read_bytes())
     except (OSError, ValueError) as exc:
-        raise ConfigError("--sample", str(sample), f"a .json reading, .npy or .npz ({exc})") from exc
+        raise ConfigError(
+            "--sample", str(sample), f"a .json reading, .npy or .npz ({exc})"
+        ) from exc
     if not isinstance(reading, dict | list):
         raise ConfigError("--sample", str(sample), "a JSON reading (object or array)")
     return reading if isinstance(reading, dict) else {"features": reading}
 
 
-def build_manifest(path: Path, name: str, version: str, labels: list[str],
-                   reading: dict[str, Any], atol: float = 1e-4) -> dict[str, Any]:
+def build_manifest(
+    path: Path,
+    name: str,
+    version: str,
+    labels: list[str],
+    reading: dict[str, Any],
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """A manifest whose self-test golden output is computed by this very model."""
     model, fmt = open_model(path)
     try:
         feeds = Decoder(model.inputs, 1 << 26).decode(orjson.dumps(reading)).feeds
     except Exception as exc:  # ReadingError: the sample does not fit
-        raise ConfigError("--sample", reading.keys(), f"a reading that fits the model ({exc})") from exc
+        raise ConfigError(
+            "--sample", reading.keys(), f"a reading that fits the model ({exc})"
+        ) from exc
     outputs = model.run(feeds)
     timings = []
     for _ in range(20):
