@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import orjson
 import paho.mqtt.client as paho
 
+from edgeinfer.config import BrokerConfig
 from edgeinfer.tools.broker import free_port
 from edgeinfer.tools.simulate import connect_client
 
@@ -33,7 +34,11 @@ class Collector:
     """Subscribes to topics and keeps every message that arrives, in order."""
 
     def __init__(
-        self, url: str, topics: list[str], persistent: bool = False, protocol: str = "5"
+        self,
+        url: str | BrokerConfig,
+        topics: list[str],
+        persistent: bool = False,
+        protocol: str = "5",
     ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
@@ -73,7 +78,9 @@ class Publisher:
     reconnect; ``flush`` counts PUBACKs, so it waits for those too.
     """
 
-    def __init__(self, url: str, persistent: bool = False, reconnect_delay_s: float = 0.1) -> None:
+    def __init__(
+        self, url: str | BrokerConfig, persistent: bool = False, reconnect_delay_s: float = 0.1
+    ) -> None:
         self.client = connect_client(
             url,
             client_id=unique("pub") if persistent else "",

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError, EdgeInferError
 
 log = logging.getLogger("edgeinfer")
@@ -40,13 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--version", required=True)
     deploy.add_argument("--name", help="model name (default: its manifest's, else the file's)")
     deploy.add_argument("--url", help="where the module downloads it (default: file:// path)")
-    deploy.add_argument("--broker", default="mqtt://localhost:1883")
+    deploy.add_argument(
+        "--broker",
+        help="broker URL (default: [broker] url from --config or EDGEINFER_BROKER_URL, "
+        "else mqtt://localhost:1883); TLS and credentials come from the same settings",
+    )
+    deploy.add_argument("--config", help="TOML config whose [broker] settings to use")
     deploy.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM)")
     deploy.add_argument("--sequence", type=int, help="default: milliseconds since the epoch")
 
     status = sub.add_parser("status", help="print a module's reported state")
     status.add_argument("--module-id", required=True)
-    status.add_argument("--broker", default="mqtt://localhost:1883")
+    status.add_argument(
+        "--broker",
+        help="broker URL (default: [broker] url from --config or EDGEINFER_BROKER_URL, "
+        "else mqtt://localhost:1883); TLS and credentials come from the same settings",
+    )
+    status.add_argument("--config", help="TOML config whose [broker] settings to use")
 
     insp = sub.add_parser(
         "inspect",
@@ -111,8 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--version", help="version in the manifest (default: source + mode)")
     quant.add_argument("--json", action="store_true", help="print one JSON object")
 
+    health = sub.add_parser(
+        "health",
+        help="exit 0 if the local module answers /healthz "
+        "(or /readyz with --ready): for container health checks",
+    )
+    health.add_argument("--config", help="TOML config (its [http] listen address is used)")
+    health.add_argument("--ready", action="store_true", help="check /readyz instead")
+
     sim = sub.add_parser("simulate", help="replay real sensor recordings as MQTT readings")
-    sim.add_argument("--broker", default="mqtt://localhost:1883")
+    sim.add_argument(
+        "--broker",
+        help="broker URL (default: [broker] url from --config or EDGEINFER_BROKER_URL, "
+        "else mqtt://localhost:1883); TLS and credentials come from the same settings",
+    )
+    sim.add_argument("--config", help="TOML config whose [broker] settings to use")
     sim.add_argument("--rate", type=float, default=10.0, help="readings per second (0: unpaced)")
     sim.add_argument("--count", type=int, default=100, help="readings to send (0: forever)")
     sim.add_argument("--topic", default="sensors/{device}/imu")
@@ -141,79 +165,112 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "run":
-        from edgeinfer.app import run_module
-        from edgeinfer.config import load_config
-        from edgeinfer.observability.logs import configure_logging
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run, "deploy": _deploy, "status": _status, "health": _health,
+        "simulate": _simulate, "demo": _demo,
+        "inspect": _model_tool, "bench": _model_tool, "quantize": _model_tool,
+    }  # fmt: skip
+    return handlers[args.command](args)
 
-        config = load_config(
-            args.config,
-            overrides={
-                "broker.url": args.broker,
-                "model.path": args.model,
-                "module.id": args.module_id,
-                "module.state_dir": args.state_dir,
-            },
+
+def _run(args: argparse.Namespace) -> int:
+    from edgeinfer.app import run_module
+    from edgeinfer.config import load_config
+    from edgeinfer.observability.logs import configure_logging
+
+    config = load_config(
+        args.config,
+        overrides={
+            "broker.url": args.broker,
+            "model.path": args.model,
+            "module.id": args.module_id,
+            "module.state_dir": args.state_dir,
+        },
+    )
+    configure_logging(config.log.level, config.log.format)
+    return run_module(config)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.deploy import build_desired, publish_desired
+
+    doc = build_desired(args.model, args.version, args.name, args.url, args.sign_key, args.sequence)
+    publish_desired(_broker(args), args.module_id, doc)
+    model = doc["model"]
+    what = (
+        f" sha256 {model['sha256'][:12]}... {model['size']} bytes"
+        if "url" in model
+        else " (stored version)"
+    )
+    signed = ", signed" if "signature" in doc else ""
+    print(
+        f"desired state for {args.module_id}: {model['name']} {model['version']}{what}"
+        f"{signed}, sequence {doc['sequence']}"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from edgeinfer.tools.deploy import read_reported
+
+    doc = read_reported(_broker(args), args.module_id)
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.simulate import simulate
+
+    if args.rate < 0 or args.count < 0 or args.devices < 1:
+        raise ConfigError(
+            "--rate/--count/--devices",
+            (args.rate, args.count, args.devices),
+            "rate >= 0, count >= 0, devices >= 1",
         )
-        configure_logging(config.log.level, config.log.format)
-        return run_module(config)
-    if args.command == "deploy":
-        from edgeinfer.tools.deploy import build_desired, publish_desired
+    broker = _broker(args)
+    sent = simulate(
+        broker, args.rate, args.count, args.topic, args.devices, args.qos, protocol=args.protocol
+    )
+    print(f"sent {sent} readings to {broker.url}")
+    return 0
 
-        doc = build_desired(
-            args.model, args.version, args.name, args.url, args.sign_key, args.sequence
-        )
-        publish_desired(args.broker, args.module_id, doc)
-        model = doc["model"]
-        print(
-            f"desired state for {args.module_id}: {model['name']} {model['version']}"
-            + (
-                f" sha256 {model['sha256'][:12]}... {model['size']} bytes"
-                if "url" in model
-                else " (stored version)"
-            )
-            + (", signed" if "signature" in doc else "")
-            + f", sequence {doc['sequence']}"
-        )
-        return 0
-    if args.command == "status":
-        import orjson
 
-        from edgeinfer.tools.deploy import read_reported
+def _demo(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.demo import run_demo
 
-        print(
-            orjson.dumps(
-                read_reported(args.broker, args.module_id), option=orjson.OPT_INDENT_2
-            ).decode()
-        )
-        return 0
-    if args.command in ("inspect", "bench", "quantize"):
-        return _model_tool(args)
-    if args.command == "simulate":
-        from edgeinfer.tools.simulate import simulate
+    return run_demo(args.duration, args.model)
 
-        if args.rate < 0 or args.count < 0 or args.devices < 1:
-            raise ConfigError(
-                "--rate/--count/--devices",
-                (args.rate, args.count, args.devices),
-                "rate >= 0, count >= 0, devices >= 1",
-            )
-        sent = simulate(
-            args.broker,
-            args.rate,
-            args.count,
-            args.topic,
-            args.devices,
-            args.qos,
-            protocol=args.protocol,
-        )
-        print(f"sent {sent} readings to {args.broker}")
-        return 0
-    if args.command == "demo":
-        from edgeinfer.tools.demo import run_demo
 
-        return run_demo(args.duration, args.model)
-    raise AssertionError(args.command)
+def _broker(args: argparse.Namespace) -> BrokerConfig:
+    """[broker] settings as the module resolves them, with --broker over the URL."""
+    from edgeinfer.config import load_config
+
+    return load_config(args.config, overrides={"broker.url": args.broker}).broker
+
+
+def _health(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from edgeinfer.config import load_config
+
+    config = load_config(args.config)
+    if not config.http.listen:
+        raise ConfigError("http.listen", "", "an address: the health endpoint is disabled")
+    host, port = config.http.address
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(), file=sys.stderr)
+    except OSError as exc:
+        print(f"edgeinfer: {url} does not answer: {exc}", file=sys.stderr)
+    return 1
 
 
 def _model_tool(args: argparse.Namespace) -> int:

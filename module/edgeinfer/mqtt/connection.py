@@ -23,7 +23,6 @@ import contextlib
 import logging
 import random
 import socket
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.errors import BrokerError
 from edgeinfer.mqtt.acks import AckTracker, Ticket
+from edgeinfer.mqtt.security import apply_security
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +104,13 @@ class MqttConnection:
             manual_ack=True,
         )
         paho_log = logging.getLogger("edgeinfer.paho")
-        paho_log.addFilter(self._quiet_after_stop)
+        paho_log.addFilter(self._watch_paho_log)
         self._client.enable_logger(paho_log)
         # Many answers in flight at once; acks come back through on_publish.
         self._client.max_inflight_messages_set(max(20, config.receive_maximum))
         self._client.max_queued_messages_set(0)
         self._client.will_set(status_topic, orjson.dumps({"state": "offline"}), qos=1, retain=True)
-        if config.username:
-            self._client.username_pw_set(config.username, config.resolved_password())
-        if config.tls:
-            self._configure_tls()
+        apply_security(self._client, config)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -129,6 +125,7 @@ class MqttConnection:
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._supervisor: threading.Thread | None = None
         self._connected_once_this_attempt = False
+        self._paho_problem = ""  # paho's last ERROR log line on this attempt
         self.last_error = "not connected yet"
         self.connects = 0
         # mid -> callback; a PUBACK can overtake publish() returning, so an
@@ -137,10 +134,17 @@ class MqttConnection:
         self._early: set[int] = set()
         self._pub_lock = threading.Lock()
 
-    def _quiet_after_stop(self, record: logging.LogRecord) -> bool:
+    def _watch_paho_log(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
         # After our own DISCONNECT, paho's thread loops once more on the closed
         # socket and logs "Client is not connected" at ERROR: noise, not news.
-        return not (self._stopping.is_set() and "Client is not connected" in record.getMessage())
+        if self._stopping.is_set() and "Client is not connected" in message:
+            return False
+        # A TLS 1.3 broker refuses a client certificate after the handshake, so
+        # the only account of why is paho's "failed to receive on socket: ...".
+        if record.levelno >= logging.ERROR:
+            self._paho_problem = message
+        return True
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -180,7 +184,7 @@ class MqttConnection:
         self._lost.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout)
-        logging.getLogger("edgeinfer.paho").removeFilter(self._quiet_after_stop)
+        logging.getLogger("edgeinfer.paho").removeFilter(self._watch_paho_log)
 
     def _supervise(self) -> None:
         attempt = 0
@@ -196,7 +200,7 @@ class MqttConnection:
                 self._stopping.wait(delay)
                 continue
             self._client.loop_start()
-            if not self._answered.wait(self._config.keepalive_s):
+            if not self._answered.wait(self._config.keepalive_s) and not self._lost.is_set():
                 # Some brokers (amqtt, old mosquitto) neither answer nor close
                 # on a CONNECT of a protocol version they do not speak.
                 self.last_error = (
@@ -205,6 +209,7 @@ class MqttConnection:
                        'try broker.protocol = "3.1.1")' if self._v5 else "")
                 )  # fmt: skip
                 log.error("%s", self.last_error)
+                self._answered.set()  # so on_disconnect keeps this reason
                 self._client.disconnect()
                 self._lost.set()
             self._lost.wait()
@@ -219,6 +224,7 @@ class MqttConnection:
     def _connect(self) -> None:
         self._connected_once_this_attempt = False
         self._answered.clear()
+        self._paho_problem = ""
         kwargs: dict[str, Any] = {}
         if self._v5:
             props = connect_properties(self._config.session_expiry_s, self._config.receive_maximum)
@@ -226,21 +232,6 @@ class MqttConnection:
         self._client.connect(
             self._config.host, self._config.port, self._config.keepalive_s, **kwargs
         )
-
-    def _configure_tls(self) -> None:
-        cfg = self._config
-        try:
-            self._client.tls_set(
-                ca_certs=cfg.ca_file or None,
-                certfile=cfg.cert_file or None,
-                keyfile=cfg.key_file or None,
-                cert_reqs=ssl.CERT_REQUIRED if cfg.tls_verify else ssl.CERT_NONE,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(f"TLS settings for {cfg.url} do not work: {exc}") from exc
-        if not cfg.tls_verify:
-            log.warning("broker.tls_verify is off: the broker's certificate is not checked")
-            self._client.tls_insecure_set(True)
 
     # -- paho callbacks (thread [1]) --------------------------------------------
 
@@ -285,6 +276,13 @@ class MqttConnection:
         self.tracker.new_epoch()
         if not self._stopping.is_set() and was_connected:
             self.last_error = f"disconnected: {reason}"
+        elif not self._stopping.is_set() and not self._answered.is_set():
+            problem = f": {self._paho_problem}" if self._paho_problem else f" ({reason})"
+            self.last_error = (
+                f"the connection to {self._config.url} closed before the "
+                f"broker accepted it{problem}"
+            )
+        self._answered.set()  # the attempt is over: the supervisor need not wait for a CONNACK
         self._lost.set()
         if was_connected and self._on_state:
             self._on_state(False)

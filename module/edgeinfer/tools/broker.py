@@ -7,6 +7,7 @@ run in a child process.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -16,8 +17,10 @@ import time
 from pathlib import Path
 
 MOSQUITTO_CONF = """\
+{user}
 listener {port} 127.0.0.1
-allow_anonymous true
+{listener_options}
+{auth}
 set_tcp_nodelay true
 max_inflight_messages 1000
 max_queued_messages 100000
@@ -62,10 +65,19 @@ class LocalBroker:
     """A broker process on 127.0.0.1 that can be stopped and restarted on the same port."""
 
     def __init__(
-        self, port: int | None = None, persistence: bool = True, kind: str = "auto"
+        self,
+        port: int | None = None,
+        persistence: bool = True,
+        kind: str = "auto",
+        listener_options: str = "",
+        password_file: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.persistence = persistence
+        # mosquitto only: TLS options for the listener (cafile, certfile, ...) and
+        # a password file that turns anonymous access off.
+        self.listener_options = listener_options
+        self.password_file = password_file
         self.kind = (
             ("mosquitto" if shutil.which("mosquitto") else "amqtt") if kind == "auto" else kind
         )
@@ -75,16 +87,27 @@ class LocalBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        scheme = "mqtts" if "certfile" in self.listener_options else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> LocalBroker:
         log = self.log_path.open("ab")
         if self.kind == "mosquitto":
             conf = self._dir / "mosquitto.conf"
+            auth = (
+                f"allow_anonymous false\npassword_file {self.password_file}"
+                if self.password_file
+                else "allow_anonymous true"
+            )
             conf.write_text(
                 MOSQUITTO_CONF.format(
                     port=self.port,
                     state=self._dir,
+                    listener_options=self.listener_options,
+                    auth=auth,
+                    # Started as root, mosquitto switches to user "mosquitto", which
+                    # cannot read our private temp files: stay who we are.
+                    user="user root" if os.geteuid() == 0 else "",
                     persistence="true" if self.persistence else "false",
                 )
             )

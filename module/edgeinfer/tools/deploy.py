@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 
+from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError, EdgeInferError, ModelError
 from edgeinfer.manifest import load_manifest
 from edgeinfer.runtimes import detect_format
@@ -67,7 +68,9 @@ def build_desired(
     return doc
 
 
-def publish_desired(broker: str, module_id: str, doc: dict[str, Any], protocol: str = "5") -> None:
+def publish_desired(
+    broker: str | BrokerConfig, module_id: str, doc: dict[str, Any], protocol: str = "5"
+) -> None:
     """Publish ``doc`` retained (QoS 1) and wait for the broker to take it."""
     client = connect_client(broker, protocol=protocol)
     try:
@@ -76,13 +79,15 @@ def publish_desired(broker: str, module_id: str, doc: dict[str, Any], protocol: 
         )
         info.wait_for_publish(10)
     except (RuntimeError, ValueError) as exc:
-        raise EdgeInferError(f"could not publish the desired state to {broker}: {exc}") from exc
+        raise EdgeInferError(f"could not publish the desired state: {exc}") from exc
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-def read_reported(broker: str, module_id: str, timeout: float = 5.0) -> dict[str, Any]:
+def read_reported(
+    broker: str | BrokerConfig, module_id: str, timeout: float = 5.0
+) -> dict[str, Any]:
     """The module's retained reported state; raises if none arrives within ``timeout``."""
     got: list[bytes] = []
     arrived = threading.Event()

@@ -15,11 +15,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.mqtt.connection import connect_properties
+from edgeinfer.mqtt.security import apply_security
 from edgeinfer.tools.recordings import load_recordings
 
 
 def connect_client(
-    url: str,
+    url: str | BrokerConfig,
     client_id: str = "",
     on_message: Callable[..., None] | None = None,
     subscribe: list[str] | None = None,
@@ -34,7 +35,8 @@ def connect_client(
     disconnect, so QoS 1 messages sent meanwhile are delivered on reconnect.
     ``protocol`` is ``"5"`` or ``"3.1.1"``.
     """
-    broker = BrokerConfig(url=url)
+    broker = url if isinstance(url, BrokerConfig) else BrokerConfig(url=url)
+    url = broker.url
     v5 = protocol == "5"
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
@@ -59,6 +61,7 @@ def connect_client(
     def on_subscribe(c: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         ready.set()
 
+    apply_security(client, broker)
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     if on_message is not None:
@@ -88,7 +91,7 @@ def recording_index(reading_id: int, total: int) -> int:
 
 
 def simulate(
-    url: str,
+    url: str | BrokerConfig,
     rate: float,
     count: int,
     topic: str = "sensors/{device}/imu",
