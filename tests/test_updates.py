@@ -39,7 +39,9 @@ UPDATE_ENV = {
 }
 TFLITE = TFLITE_MODEL.read_bytes()
 ONNX = ONNX_MODEL.read_bytes()
-HAR_SELF_TEST = orjson.loads((TFLITE_MODEL.parent / "manifest.json").read_bytes())["self_test"]
+HAR_MANIFEST = orjson.loads((TFLITE_MODEL.parent / "manifest.json").read_bytes())
+HAR_SELF_TEST = HAR_MANIFEST["self_test"]
+HAR_LABELS = HAR_MANIFEST["labels"]
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def test_an_update_over_http_reports_each_step_and_swaps_the_model_in(
         desired_for(
             url,
             TFLITE,
-            labels=["standing", "walking", "running", "badminton"],
+            labels=HAR_LABELS,
             self_test=HAR_SELF_TEST,
             sequence=1,
         )
@@ -442,7 +444,7 @@ def test_a_model_dropped_into_the_inbox_is_installed(rig: Rig) -> None:
         "format": "tflite",
         "sha256": hashlib.sha256(TFLITE).hexdigest(),
         "size": len(TFLITE),
-        "labels": ["standing", "walking", "running", "badminton"],
+        "labels": HAR_LABELS,
         "self_test": HAR_SELF_TEST,
     }
     (rig.store / "inbox" / "har.tflite").write_bytes(TFLITE)
@@ -486,7 +488,7 @@ def test_a_swap_under_steady_load_answers_every_reading_exactly_once(
         desired_for(
             url,
             TFLITE,
-            labels=["standing", "walking", "running", "badminton"],
+            labels=HAR_LABELS,
             self_test=HAR_SELF_TEST,
         )
     )

@@ -6,6 +6,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgeinfer.manifest import load_manifest
 from edgeinfer.pipeline.encode import ModelIdentity
@@ -21,7 +22,7 @@ class ActiveModel:
     identity: ModelIdentity
     path: Path
     sha256: str
-    self_test: dict[str, object] = field(default_factory=dict)
+    self_test: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
 
 

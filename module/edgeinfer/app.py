@@ -29,7 +29,7 @@ from edgeinfer.pipeline.engine import BatchOutcome, Engine, EngineSettings
 from edgeinfer.runtimes import detect_format
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.selftest import run_self_test
-from edgeinfer.updates.store import MODEL_FILES, ModelStore, StoredVersion
+from edgeinfer.updates.store import ModelStore, StoredVersion
 from edgeinfer.updates.updater import Updater
 from edgeinfer.updates.watcher import StoreWatcher
 
@@ -288,4 +288,4 @@ def run_module(config: Config) -> int:
     return 0
 
 
-__all__ = ["MODEL_FILES", "EdgeInferModule", "run_module", "topic_of"]
+__all__ = ["EdgeInferModule", "run_module", "topic_of"]

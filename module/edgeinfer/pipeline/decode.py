@@ -211,7 +211,7 @@ def _fit_shape(spec: TensorSpec, arr: Array) -> Array:
         if _matches(arr.shape, sample):
             return arr[np.newaxis]
         if _static_size(sample) == arr.size:
-            return arr.reshape((1, *sample))  # type: ignore[arg-type]
+            return arr.reshape((1, *_ints(sample)))
         raise _shape_error(spec, arr)
     if _matches(arr.shape, sample):
         arr = arr[np.newaxis]
@@ -221,7 +221,7 @@ def _fit_shape(spec: TensorSpec, arr: Array) -> Array:
         size = _static_size(sample)
         if size is None or size == 0 or arr.size % size:
             raise _shape_error(spec, arr)
-        arr = arr.reshape((arr.size // size, *sample))  # type: ignore[arg-type]
+        arr = arr.reshape((arr.size // size, *_ints(sample)))
     if len(arr) == 0:
         raise _shape_error(spec, arr)
     if spec.batch_dim == "fixed" and len(arr) != 1:
@@ -237,6 +237,11 @@ def _matches(shape: tuple[int, ...], expected: tuple[Any, ...]) -> bool:
     return len(shape) == len(expected) and all(
         not isinstance(e, int) or e < 0 or e == s for s, e in zip(shape, expected, strict=True)
     )
+
+
+def _ints(shape: tuple[Any, ...]) -> tuple[int, ...]:
+    """A shape already known to be static (``_static_size`` returned a size)."""
+    return tuple(int(d) for d in shape)
 
 
 def _static_size(shape: tuple[Any, ...]) -> int | None:

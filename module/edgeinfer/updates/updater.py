@@ -38,7 +38,7 @@ from edgeinfer.updates.probation import Limits, ProbationMonitor
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.selftest import run_self_test
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, Verifier, load_public_key
-from edgeinfer.updates.store import MANIFEST, MODEL_FILES, ModelStore, StoredVersion
+from edgeinfer.updates.store import MANIFEST, ModelStore, StoredVersion
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class Updater:
         limits = Limits(
             max_error_rate=self._config.probation_max_error_rate,
             max_latency_ms=self._config.probation_max_latency_ms
-            or float(candidate.self_test.get("max_latency_ms", 0) or 0),  # type: ignore[arg-type]
+            or float(candidate.self_test.get("max_latency_ms", 0) or 0),
             min_readings=self._config.probation_min_readings,
         )
         self._probation = _Probation(
@@ -477,4 +477,4 @@ def _name(stored: StoredVersion | None) -> str:
     return f"{stored.name} {stored.version}" if stored else "nothing"
 
 
-__all__ = ["MODEL_FILES", "Updater"]
+__all__ = ["Updater"]
