@@ -15,7 +15,9 @@ demo: $(BIN)/.installed          ## broker + module + simulator + live results
 	$(BIN)/edgeinfer demo
 
 test: $(BIN)/.installed          ## the whole suite, against a mosquitto it starts itself
-	@command -v mosquitto >/dev/null || { echo "make test needs mosquitto (apt-get install mosquitto)"; exit 1; }
+	@for tool in mosquitto mosquitto_passwd openssl systemd-analyze; do \
+		command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install mosquitto openssl systemd)"; exit 1; }; \
+	done
 	$(BIN)/python -m pytest
 
 check: $(BIN)/.installed         ## lint, format and type checks
