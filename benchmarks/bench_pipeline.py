@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "module"))
 
 from edgeinfer.tools.broker import LocalBroker, free_port  # noqa: E402
+from edgeinfer.tools.demo import wait_ready  # noqa: E402
 from edgeinfer.tools.recordings import load_recordings  # noqa: E402
 from edgeinfer.tools.simulate import connect_client  # noqa: E402
 
@@ -91,18 +91,9 @@ class Contender:
             assert self.proc.stdout is not None
             self.proc.stdout.readline()
             return time.monotonic() - self.started
-        while True:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.http_port}/readyz", timeout=1
-                ) as r:
-                    if r.status == 200:
-                        return time.monotonic() - self.started
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("edgeinfer exited before it was ready")
-            time.sleep(0.005)
+        # Fine polling: "ready within 2 s" is one of the figures reported.
+        wait_ready(self.http_port, 30, self.proc, poll_s=0.005)
+        return time.monotonic() - self.started
 
     def memory_mb(self) -> tuple[float, float]:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "module"))
 
 from edgeinfer.tools.broker import LocalBroker, free_port  # noqa: E402
+from edgeinfer.tools.demo import wait_ready  # noqa: E402
 from edgeinfer.tools.recordings import load_recordings  # noqa: E402
 from edgeinfer.tools.simulate import connect_client  # noqa: E402
 
@@ -79,13 +79,7 @@ class Rig:
             ],
             env=env,
         )
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz") as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.02)
+        wait_ready(self.http_port, 30, self.proc)
         self.lock = threading.Lock()
         self.results: list[tuple[float, dict[str, Any]]] = []
         self.errors = 0

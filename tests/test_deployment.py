@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import yaml
 
 from edgeinfer.config import load_config
 from edgeinfer.tools.broker import LocalBroker, free_port, port_open
+from edgeinfer.tools.demo import wait_ready
 from edgeinfer.tools.recordings import Recordings
 from tests.support import ROOT, Collector, Publisher
 
@@ -117,14 +117,7 @@ def test_the_images_install_and_command_run_in_a_fresh_venv_and_become_ready(
     entry = [str(venv / "bin" / "edgeinfer"), "run"]  # ENTRYPOINT + CMD
     proc = subprocess.Popen(entry, env=env, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
+        wait_ready(port, 30, proc)
         health = subprocess.run(
             [str(venv / "bin" / "edgeinfer"), "health"],
             env=env,
@@ -230,11 +223,10 @@ def test_the_compose_broker_config_and_env_work_together(
         [sys.executable, "-m", "edgeinfer", "run"], env=env, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 20
-        while not _ready(http):
-            assert module.poll() is None, module.stderr.read().decode() if module.stderr else ""
-            assert time.monotonic() < deadline, "edgeinfer not ready on edgeinfer.env"
-            time.sleep(0.1)
+        try:
+            wait_ready(http, 20, module)
+        except RuntimeError as exc:  # it exited: show why
+            pytest.fail(f"{exc}: {module.stderr.read().decode() if module.stderr else ''}")
         tools = load_config(env={k: v for k, v in env.items() if k.startswith("EDGEINFER_")})
         sink = Collector(tools.broker, ["inference/#"])
         pub = Publisher(tools.broker)
@@ -248,14 +240,6 @@ def test_the_compose_broker_config_and_env_work_together(
         module.wait(15)
         proc.terminate()
         proc.wait(10)
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def test_the_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ class EdgeInferModule:
             active,
             settings,
             self.connection,
-            self._on_answered,
+            self.connection.tracker.complete,
             self.metrics,
             on_batch=self._on_batch,
         )
@@ -184,9 +184,6 @@ class EdgeInferModule:
 
     def _on_desired(self, payload: bytes) -> None:
         self.updater.submit_desired(payload)
-
-    def _on_answered(self, msg: Incoming) -> None:
-        self.connection.tracker.complete(msg.ticket)
 
     def _on_batch(self, outcome: BatchOutcome) -> None:
         self.updater.observe(outcome)

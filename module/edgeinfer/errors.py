@@ -6,7 +6,6 @@
     ├── ConfigError          bad command line, environment or TOML value (exit code 2)
     ├── ModelError           a model file that cannot be recognised or loaded
     ├── ReadingError         one reading rejected; reported on the errors topic
-    ├── BrokerError          the broker URL or connection settings cannot work
     └── UpdateError          an update refused or failed (desired state, download,
                              verification, self-test, store); reported as ``failed``
 
@@ -63,10 +62,6 @@ class ReadingError(EdgeInferError):
 
     def __reduce__(self) -> tuple[type[ReadingError], tuple[str, str]]:
         return (ReadingError, (self.code, self.reason))
-
-
-class BrokerError(EdgeInferError):
-    """The broker cannot be reached or refuses the connection settings."""
 
 
 class UpdateError(EdgeInferError):

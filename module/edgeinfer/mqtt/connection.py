@@ -127,7 +127,6 @@ class MqttConnection:
         self._connected_once_this_attempt = False
         self._paho_problem = ""  # paho's last ERROR log line on this attempt
         self.last_error = "not connected yet"
-        self.connects = 0
         # mid -> callback; a PUBACK can overtake publish() returning, so an
         # ack for an unknown mid is parked in _early until its publish lands.
         self._callbacks: dict[int, Callable[[], None] | None] = {}
@@ -250,7 +249,6 @@ class MqttConnection:
             log.error("%s", self.last_error)
             return
         self._connected_once_this_attempt = True
-        self.connects += 1
         self.tracker.new_epoch()
         for flt, qos in self._subscriptions:
             client.subscribe(flt, qos=qos)

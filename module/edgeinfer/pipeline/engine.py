@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from edgeinfer.active import ActiveModel
 from edgeinfer.errors import ModelError, ReadingError
+from edgeinfer.mqtt.acks import Ticket
 from edgeinfer.mqtt.connection import Incoming
 from edgeinfer.mqtt.topics import OutputTopics
 from edgeinfer.observability.metrics import Metrics
@@ -97,7 +98,7 @@ class Engine:
         active: ActiveModel,
         settings: EngineSettings,
         publisher: Publisher,
-        on_answered: Callable[[Incoming], None],
+        on_answered: Callable[[Ticket], None],
         metrics: Metrics,
         on_batch: Callable[[BatchOutcome], None] | None = None,
     ) -> None:
@@ -320,14 +321,14 @@ class Engine:
         # Capture the ticket and the arrival time, not the job: an answer can
         # wait long for its PUBACK (a backlog after a restart), and holding
         # the reading's payload that long multiplied memory by its size.
-        msg = Incoming(job.msg.topic, b"", job.msg.qos, job.msg.retain, job.msg.ticket)
+        ticket = job.msg.ticket
         received = job.received
 
         def done() -> None:
             if answered:
                 self._metrics.results_published.inc()
             self._metrics.end_to_end_seconds.observe(time.perf_counter() - received)
-            self._on_answered(msg)
+            self._on_answered(ticket)
 
         return done
 

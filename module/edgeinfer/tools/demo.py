@@ -30,8 +30,13 @@ UPDATE_MODEL = REPO_MODELS / "har" / "int8-static" / "model.onnx"
 UPDATE_VERSION = "1.1.0"
 
 
-def wait_ready(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> float:
-    """Poll ``/readyz`` until it answers 200; returns the seconds it took."""
+def wait_ready(
+    port: int, timeout: float, proc: subprocess.Popen[bytes], poll_s: float = 0.02
+) -> float:
+    """Poll ``/readyz`` until it answers 200; returns the seconds it took.
+
+    Raises RuntimeError if ``proc`` exits first, TimeoutError after ``timeout``.
+    """
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
@@ -42,16 +47,15 @@ def wait_ready(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> floa
                     return time.monotonic() - start
         except OSError:
             pass
-        time.sleep(0.02)
+        time.sleep(poll_s)
     raise TimeoutError(f"the module was not ready within {timeout} s")
 
 
 class ResultWatcher:
     """Collects results and prints each one as it arrives."""
 
-    def __init__(self, truth: list[str], sent_at: dict[int, float], quiet_after: int) -> None:
+    def __init__(self, truth: list[str], quiet_after: int) -> None:
         self.truth = truth
-        self.sent_at = sent_at
         self.latencies_ms: list[float] = []
         self.correct = 0
         self.ids: set[int] = set()
@@ -158,7 +162,7 @@ def run_demo(duration: float, model: Path | None = None) -> int:
         rec = load_recordings()
         truth = [rec.label_names[i] for i in rec.labels]
         live_count = max(1, int(duration * 5))
-        watcher = ResultWatcher(truth, {}, quiet_after=live_count)
+        watcher = ResultWatcher(truth, quiet_after=live_count)
         watcher_client = connect_client(
             url,
             on_message=watcher.on_message,

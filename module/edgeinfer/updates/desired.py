@@ -61,8 +61,8 @@ def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredSt
     if not isinstance(model, dict):
         raise UpdateError('"model" is missing or not an object: expected {"name", "version", ...}')
     _no_unknown('"model"', model, _MODEL_KEYS)
-    name = _part("model.name", model.get("name"))
-    version = _part("model.version", model.get("version"))
+    name = check_part("model.name", model.get("name"))
+    version = check_part("model.version", model.get("version"))
     url = model.get("url")
     sha256 = model.get("sha256")
     size = model.get("size")
@@ -114,13 +114,6 @@ def _no_unknown(where: str, doc: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise UpdateError(f"{where} has unknown fields {unknown}: expected only {sorted(known)}")
-
-
-def _part(key: str, value: object) -> str:
-    try:
-        return check_part(key, value)
-    except UpdateError as exc:
-        raise UpdateError(str(exc)) from None
 
 
 def _check_self_test(self_test: object) -> None:

@@ -70,13 +70,6 @@ class StoredVersion:
                 return self.path / filename
         raise StoreError(f"{self.path} holds no model file ({', '.join(MODEL_FILES.values())})")
 
-    def manifest(self) -> dict[str, Any]:
-        try:
-            doc = orjson.loads((self.path / MANIFEST).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
 
 class ModelStore:
     """The store under ``state_dir``. Thread-safe: one lock guards every change."""

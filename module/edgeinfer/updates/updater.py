@@ -54,6 +54,7 @@ class _Probation:
     old_stored: StoredVersion | None
     target: dict[str, str]
     ends: float
+    applied: threading.Event  # set once the engine serves the candidate
 
 
 class Updater:
@@ -289,7 +290,7 @@ class Updater:
         self._store.activate(stored)
         if old_stored is not None and old_stored.path != stored.path:
             self._store.set_previous(old_stored)
-        self._engine.swap(candidate)
+        applied = self._engine.swap(candidate)
         self.active_stored = stored
         self._reporter.serving(candidate)
         if self._on_swap is not None:
@@ -315,6 +316,7 @@ class Updater:
             old_stored,
             target,
             time.monotonic() + self._config.probation_s,
+            applied,
         )
         self._reporter.update("probation", target)
         self._check_probation()
@@ -341,7 +343,7 @@ class Updater:
 
     def _accept(self, probation: _Probation) -> None:
         self._probation = None
-        self._close_when_unused(probation.old)
+        self._close_after(probation.applied, probation.old)
         self._reporter.update("active", probation.target)
         removed = self._store.prune(self._config.keep_versions)
         for version in removed:
@@ -351,26 +353,27 @@ class Updater:
     def _roll_back(self, probation: _Probation, reason: str) -> None:
         self._probation = None
         log.error("rolling back %s %s: %s", *probation.target.values(), reason)
-        self._engine.swap(probation.old)
+        back = self._engine.swap(probation.old)
         self.active_stored = probation.old_stored
         if probation.old_stored is not None:
             self._store.roll_back_to(probation.old_stored, failed=probation.candidate_stored)
         self._reporter.serving(probation.old)
         if self._on_swap is not None:
             self._on_swap(probation.old)
-        self._close_when_unused(probation.candidate)
+        self._close_after(back, probation.candidate)
         self._reporter.update("rolled_back", probation.target, error=reason)
 
-    def _close_when_unused(self, active: ActiveModel) -> None:
-        # The engine lets go of a model at its next batch; close it after that.
-        def close() -> None:
-            deadline = time.monotonic() + 30
-            while self._engine.active is active and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self._engine.active is not active:
-                active.model.close()
-
-        threading.Thread(target=close, name="close-model", daemon=True).start()
+    def _close_after(self, swapped: threading.Event, active: ActiveModel) -> None:
+        # The engine lets go of the old model between two batches: at once when
+        # idle, after the batch in progress otherwise.
+        if swapped.wait(5):
+            active.model.close()
+        else:
+            log.warning(
+                "the engine still runs %s %s: left open",
+                active.identity.name,
+                active.identity.version,
+            )
 
     def _fail(self, target: dict[str, str] | None, error: str) -> None:
         log.error("update %s failed: %s", target or "", error)
