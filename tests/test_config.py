@@ -158,10 +158,11 @@ def test_the_cli_exits_2_naming_the_bad_key_and_value(tmp_path: Path) -> None:
     assert no_model.returncode == 2
     assert "model.path = '': expected a model file (--model)" in no_model.stderr
     # A store that already serves a model does not excuse a wrong --model path.
+    from edgeinfer.manifest import Manifest
     from edgeinfer.updates.store import ModelStore
 
     store = ModelStore(tmp_path / "seeded")
-    store.activate(store.install(ONNX_MODEL, "onnx", "har", "1.0.0", {}))
+    store.activate(store.install(ONNX_MODEL, Manifest("har", "1.0.0", format="onnx")))
     stale = run_cli("run", "--model", str(tmp_path / "gone.onnx"), "--state-dir", str(store.root))
     assert stale.returncode == 2
     assert "gone.onnx': expected an existing ONNX or TFLite model file" in stale.stderr

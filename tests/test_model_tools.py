@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from edgeinfer.runtimes import load_model
-from edgeinfer.updates.selftest import run_self_test
+from edgeinfer.serving.selftest import run_self_test
 from tests.support import ONNX_MODEL, ROOT, TFLITE_MODEL
 
 CALIBRATION = ROOT / "models" / "har" / "calibration.npz"

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeinfer.errors import UpdateError
 from edgeinfer.updates.desired import parse_desired
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, canonical, sign
+from edgeinfer.manifest import Manifest
 from edgeinfer.updates.store import ModelStore, StoreError
 from tests.support import ONNX_MODEL
 
@@ -19,7 +20,7 @@ from tests.support import ONNX_MODEL
 def store_with(tmp_path: Path, *versions: str) -> ModelStore:
     store = ModelStore(tmp_path / "state")
     for version in versions:
-        store.activate(store.install(ONNX_MODEL, "onnx", "har", version, {"version": version}))
+        store.activate(store.install(ONNX_MODEL, Manifest("har", version, format="onnx")))
     return store
 
 
@@ -34,7 +35,7 @@ def test_a_crash_between_the_two_link_writes_leaves_a_consistent_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_with(tmp_path, "1.0.0", "2.0.0")
-    v3 = store.install(ONNX_MODEL, "onnx", "har", "3.0.0", {})
+    v3 = store.install(ONNX_MODEL, Manifest("har", "3.0.0", format="onnx"))
     real_replace = os.replace
     calls = []
 
@@ -92,7 +93,7 @@ def test_names_and_versions_that_could_escape_the_store_are_refused(
 ) -> None:
     store = ModelStore(tmp_path / "state")
     with pytest.raises(StoreError, match="is not allowed: expected 1-64 letters"):
-        store.install(ONNX_MODEL, "onnx", "har", bad, {})  # type: ignore[arg-type]
+        store.install(ONNX_MODEL, Manifest("har", bad, format="onnx"))  # type: ignore[arg-type]
     assert list(store.models.iterdir()) == []
 
 
@@ -145,14 +146,13 @@ def test_the_sequence_must_grow_but_the_same_document_may_come_again(tmp_path: P
 
 
 def test_probation_judges_error_rate_only_after_enough_readings_and_latency_p95() -> None:
-    from edgeinfer.active import ActiveModel
-    from edgeinfer.pipeline.encode import ModelIdentity
+    from edgeinfer.loaded import LoadedModel
     from edgeinfer.pipeline.engine import BatchOutcome
     from edgeinfer.runtimes.fake import sum_model
     from edgeinfer.updates.probation import Limits, ProbationMonitor
 
-    watched = ActiveModel(sum_model(), ModelIdentity("m", "2"), Path("m"), "")
-    other = ActiveModel(sum_model(), ModelIdentity("m", "1"), Path("m"), "")
+    watched = LoadedModel(sum_model(), Manifest("m", "2"), Path("m"), "")
+    other = LoadedModel(sum_model(), Manifest("m", "1"), Path("m"), "")
     monitor = ProbationMonitor(watched, Limits(0.05, 0.0, min_readings=20))
     monitor.observe(BatchOutcome(watched, 10, 0, 5, 0.001))
     assert monitor.verdict() is None  # 10 readings: too few to judge

@@ -53,15 +53,17 @@ class ReadingError(EdgeInferError):
             ``bad_json``, ...); it becomes the ``error`` field of the report
             and the ``reason`` label of the errors metric.
         reason: the human explanation, naming what was expected.
+        rid: the reading's ``id`` when the payload got far enough to have one.
     """
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, rid: object = None) -> None:
         self.code = code
         self.reason = reason
+        self.rid = rid
         super().__init__(f"{code}: {reason}")
 
-    def __reduce__(self) -> tuple[type[ReadingError], tuple[str, str]]:
-        return (ReadingError, (self.code, self.reason))
+    def __reduce__(self) -> tuple[type[ReadingError], tuple[str, str, object]]:
+        return (ReadingError, (self.code, self.reason, self.rid))
 
 
 class UpdateError(EdgeInferError):

@@ -1,12 +1,17 @@
-"""A model's manifest: ``manifest.json`` beside the model file.
+"""A model's manifest (``manifest.json`` beside the model file) and its identity.
 
-It names the model and its version, lists class labels and carries the
-self-test reading with its expected output. A model without a manifest still
-runs, named after its file and versioned ``unversioned``.
+The manifest names the model and its version, lists class labels and carries
+the self-test reading with its expected output; in the store it also records
+the format, sha256, size and where the file came from. A model without a
+manifest still runs, named after its file and versioned ``unversioned``.
+
+Keys the module does not use (``trained_on``, ``accuracy``, ...) are kept as
+they are: a manifest is documentation too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,39 +21,96 @@ import orjson
 from edgeinfer.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
+UNVERSIONED = "unversioned"
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """The parts of ``manifest.json`` the module uses."""
+class ModelIdentity:
+    """What a result says about the model that produced it."""
 
     name: str
     version: str
     labels: tuple[str, ...] = ()
-    self_test: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parts of ``manifest.json`` the module uses, and the rest kept as ``extra``."""
+
+    name: str
+    version: str
+    format: str | None = None
     sha256: str = ""
+    size: int | None = None
+    labels: tuple[str, ...] = ()
+    self_test: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.name, self.version, self.labels)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON document written as ``manifest.json`` (optional keys only when set)."""
+        doc: dict[str, Any] = dict(self.extra)
+        doc.update(name=self.name, version=self.version)
+        if self.format is not None:
+            doc["format"] = self.format
+        if self.sha256:
+            doc["sha256"] = self.sha256
+        if self.size is not None:
+            doc["size"] = self.size
+        doc["labels"] = list(self.labels)
+        doc["self_test"] = dict(self.self_test)
+        if self.source is not None:
+            doc["source"] = self.source
+        return doc
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_doc(), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_doc(cls, doc: object, where: str, default_name: str = "model") -> Manifest:
+        """Validate a manifest document; raises ModelError naming ``where`` and the bad key."""
+        if not isinstance(doc, dict):
+            kind = type(doc).__name__
+            raise ModelError(f"{where}: manifest is a JSON {kind}: expected an object")
+        labels = doc.get("labels") or []
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ModelError(f"{where}: labels = {labels!r}: expected a list of strings")
+        self_test = doc.get("self_test") or {}
+        if not isinstance(self_test, dict):
+            raise ModelError(f"{where}: self_test = {self_test!r}: expected an object")
+        size = doc.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ModelError(f"{where}: size = {size!r}: expected a byte count")
+        fmt = doc.get("format")
+        if fmt is not None and fmt not in ("onnx", "tflite"):
+            raise ModelError(f'{where}: format = {fmt!r}: expected "onnx" or "tflite"')
+        known = {"name", "version", "format", "sha256", "size", "labels", "self_test", "source"}
+        return cls(
+            name=str(doc.get("name") or default_name),
+            version=str(doc.get("version") or UNVERSIONED),
+            format=fmt,
+            sha256=str(doc.get("sha256") or ""),
+            size=size,
+            labels=tuple(labels),
+            self_test=self_test,
+            source=str(doc["source"]) if doc.get("source") is not None else None,
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
 
 
 def load_manifest(model_path: Path) -> Manifest:
     """Read the manifest beside ``model_path``, or derive a minimal one."""
     path = model_path.parent / MANIFEST_NAME
     if not path.exists():
-        return Manifest(name=model_path.stem, version="unversioned")
+        return Manifest(name=model_path.stem, version=UNVERSIONED)
     try:
         doc = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ModelError(
             f"{path}: cannot read the manifest ({exc}): expected a JSON object"
         ) from exc
-    if not isinstance(doc, dict):
-        raise ModelError(f"{path}: manifest is a JSON {type(doc).__name__}: expected an object")
-    labels = doc.get("labels") or []
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ModelError(f"{path}: labels = {labels!r}: expected a list of strings")
-    return Manifest(
-        name=str(doc.get("name") or model_path.stem),
-        version=str(doc.get("version") or "unversioned"),
-        labels=tuple(labels),
-        self_test=doc.get("self_test") or {},
-        sha256=str(doc.get("sha256") or ""),
-    )
+    return Manifest.from_doc(doc, str(path), default_name=model_path.stem)

@@ -4,7 +4,9 @@ Threads, and what each one owns:
 
 [1] paho's network thread (``loop_start``) reads and writes the socket and runs
     every callback: ``on_message`` registers a reading with the ack tracker and
-    hands it to the sink, ``on_publish`` completes the answer's callback.
+    hands it to the sink as a paho-free :class:`~edgeinfer.pipeline.message.Message`
+    whose ``done`` acknowledges it; ``on_publish`` reports the broker's verdict
+    on an answer.
 [2] the supervisor thread makes each connection attempt and waits between them
     with jittered exponential backoff; paho's own reconnect is off because its
     backoff has no jitter, and a fleet reconnecting in lockstep after a broker
@@ -20,12 +22,13 @@ are delivered when it returns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,21 +38,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.mqtt.acks import AckTracker, Ticket
+from edgeinfer.mqtt.acks import AckTracker
 from edgeinfer.mqtt.security import apply_security
+from edgeinfer.pipeline.message import Message, Outcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message received on a subscribed topic."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    ticket: Ticket
 
 
 def connect_properties(session_expiry_s: int, receive_maximum: int | None = None) -> Properties:
@@ -80,20 +73,14 @@ class MqttConnection:
         self,
         config: BrokerConfig,
         client_id: str,
-        subscriptions: list[tuple[str, int]],
-        on_message: Callable[[Incoming], None],
         status_topic: str,
-        on_state: Callable[[bool], None] | None = None,
-        control: dict[str, Callable[[bytes], None]] | None = None,
     ) -> None:
         self._config = config
-        # Control topics (the desired state) are QoS 1 and retained; their
-        # handlers only queue the payload, so the message is acked at once.
-        self._control = dict(control or {})
-        self._subscriptions = subscriptions + [(t, 1) for t in self._control]
-        self._sink = on_message
+        self._control: dict[str, Callable[[bytes], None]] = {}
+        self._subscriptions: list[tuple[str, int]] = []
+        self._sink: Callable[[Message], None] = _refuse
         self._status_topic = status_topic
-        self._on_state = on_state
+        self._on_state: Callable[[bool], None] | None = None
         self._v5 = config.protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -116,7 +103,7 @@ class MqttConnection:
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_socket_open = self._on_socket_open
-        self.tracker = AckTracker(self._client.ack)
+        self._tracker = AckTracker(self._client.ack)
         self._accepting = True
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -129,7 +116,7 @@ class MqttConnection:
         self.last_error = "not connected yet"
         # mid -> callback; a PUBACK can overtake publish() returning, so an
         # ack for an unknown mid is parked in _early until its publish lands.
-        self._callbacks: dict[int, Callable[[], None] | None] = {}
+        self._callbacks: dict[int, Outcome | None] = {}
         self._early: set[int] = set()
         self._pub_lock = threading.Lock()
 
@@ -147,8 +134,27 @@ class MqttConnection:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start connecting in the background; returns at once."""
+    def start(
+        self,
+        inputs: list[tuple[str, int]],
+        on_reading: Callable[[Message], None],
+        control: dict[str, Callable[[bytes], None]] | None = None,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Start connecting in the background; returns at once.
+
+        Args:
+            inputs: topic filters of readings and their QoS; each reading goes to
+                ``on_reading`` (on the network thread: it must only enqueue).
+            control: retained QoS 1 topics (the desired state) and their
+                handlers; a handler only queues the payload, so the message is
+                acknowledged at once.
+            on_state: called with True on each connection, False when it is lost.
+        """
+        self._control = dict(control or {})
+        self._subscriptions = list(inputs) + [(t, 1) for t in self._control]
+        self._sink = on_reading
+        self._on_state = on_state
         self._supervisor = threading.Thread(
             target=self._supervise, name="mqtt-supervisor", daemon=True
         )
@@ -160,6 +166,18 @@ class MqttConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def unacked(self) -> int:
+        """Readings received on this connection and not yet acknowledged."""
+        return self._tracker.unacked
+
+    def wait_acked(self, timeout: float) -> bool:
+        """Wait until every reading received is acknowledged; False at the timeout."""
+        deadline = time.monotonic() + timeout
+        while self._tracker.unacked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._tracker.unacked
 
     def stop_intake(self) -> None:
         """Stop taking readings; those that arrive stay unacknowledged at the broker."""
@@ -175,7 +193,7 @@ class MqttConnection:
                 orjson.dumps({"state": "offline"}),
                 qos=1,
                 retain=True,
-                on_done=delivered.set,
+                on_done=lambda refused: delivered.set(),
             )
             if not delivered.wait(min(timeout, 2.0)):
                 log.warning("could not publish offline status before disconnecting")
@@ -249,7 +267,7 @@ class MqttConnection:
             log.error("%s", self.last_error)
             return
         self._connected_once_this_attempt = True
-        self.tracker.new_epoch()
+        self._tracker.new_epoch()
         for flt, qos in self._subscriptions:
             client.subscribe(flt, qos=qos)
         self.publish(self._status_topic, orjson.dumps({"state": "online"}), qos=1, retain=True)
@@ -271,7 +289,7 @@ class MqttConnection:
         # packet queue, and an ack queued after that clear but before the new
         # epoch would carry an old packet id onto the new connection, where it
         # would acknowledge some other reading.
-        self.tracker.new_epoch()
+        self._tracker.new_epoch()
         if not self._stopping.is_set() and was_connected:
             self.last_error = f"disconnected: {reason}"
         elif not self._stopping.is_set() and not self._answered.is_set():
@@ -288,14 +306,23 @@ class MqttConnection:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if not self._accepting:
             return  # left unacknowledged: the broker redelivers it next session
-        ticket = self.tracker.register(msg.mid, msg.qos)
+        ticket = self._tracker.register(msg.mid, msg.qos)
         handler = self._control.get(msg.topic)
         if handler is not None:
             handler(bytes(msg.payload))
-            self.tracker.complete(ticket)
+            self._tracker.complete(ticket)
             return
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
-        self._sink(Incoming(msg.topic, payload, msg.qos, bool(msg.retain), ticket))
+        self._sink(
+            Message(
+                msg.topic,
+                payload,
+                time.perf_counter(),
+                functools.partial(self._tracker.complete, ticket),
+                bool(msg.retain),
+                ticket,
+            )
+        )
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
@@ -307,7 +334,7 @@ class MqttConnection:
                 self._early.add(mid)
                 return
         if callback is not None:
-            callback()
+            callback(None)
 
     # -- publishing (any thread) ------------------------------------------------
 
@@ -317,7 +344,8 @@ class MqttConnection:
         payload: bytes,
         qos: int = 1,
         retain: bool = False,
-        on_done: Callable[[], None] | None = None,
+        on_done: Outcome | None = None,
+        token: object = None,
     ) -> None:
         """Queue a message; ``on_done`` runs once the broker has it (PUBACK, or sent for QoS 0).
 
@@ -328,7 +356,7 @@ class MqttConnection:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and qos == 0:
             # A QoS 0 message is dropped when offline; its callback would never run.
             if on_done is not None:
-                on_done()
+                on_done(None)
             return
         with self._pub_lock:
             if info.mid in self._early:
@@ -338,4 +366,8 @@ class MqttConnection:
                 self._callbacks[info.mid] = on_done
                 run_now = False
         if run_now and on_done is not None:
-            on_done()
+            on_done(None)
+
+
+def _refuse(message: Message) -> None:
+    raise RuntimeError("MqttConnection.start() was not called")

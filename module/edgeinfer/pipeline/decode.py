@@ -51,12 +51,17 @@ class Decoder:
         self._allow_non_finite = allow_non_finite
 
     def decode(self, payload: bytes) -> Reading:
-        """Decode one payload; raises :class:`ReadingError` naming what was expected."""
+        """Decode one payload; raises :class:`ReadingError` naming what was expected.
+
+        The error carries the reading's ``id`` whenever the payload is a JSON
+        object that has one, so the error report can name the reading.
+        """
         if len(payload) > self._max_bytes:
             raise ReadingError(
                 "oversize",
                 f"payload is {len(payload)} bytes, expected at most "
                 f"{self._max_bytes} (pipeline.max_payload_bytes)",
+                _peek_id(payload),
             )
         if payload.startswith(NPY_MAGIC):
             return self._from_arrays({self._single_input().name: _load_npy(payload)})
@@ -80,27 +85,33 @@ class Decoder:
                 f"payload is a JSON {type(doc).__name__}: expected "
                 'an object with "features" or "inputs", or an array',
             )
+        try:
+            return self._from_arrays(self._arrays_of(doc), doc.get("id"), doc.get("ts"))
+        except ReadingError as exc:
+            exc.rid = doc.get("id")
+            raise
+
+    def _arrays_of(self, doc: dict[str, Any]) -> dict[str, Any]:
         if "features" in doc and "inputs" in doc:
             raise ReadingError(
                 "bad_payload", 'payload has both "features" and "inputs": expected one of them'
             )
         if "features" in doc:
-            arrays: dict[str, Any] = {self._single_input().name: doc["features"]}
-        elif "inputs" in doc:
-            arrays = doc["inputs"]
-            if not isinstance(arrays, dict):
-                raise ReadingError(
-                    "bad_payload",
-                    '"inputs" must be an object mapping input '
-                    f"names to arrays, expected keys {self._names()}",
-                )
-        else:
+            return {self._single_input().name: doc["features"]}
+        if "inputs" not in doc:
             raise ReadingError(
                 "bad_payload",
                 'payload has neither "features" nor "inputs": '
                 f"expected one of them, for inputs {self._names()}",
             )
-        return self._from_arrays(arrays, doc.get("id"), doc.get("ts"))
+        arrays = doc["inputs"]
+        if not isinstance(arrays, dict):
+            raise ReadingError(
+                "bad_payload",
+                '"inputs" must be an object mapping input '
+                f"names to arrays, expected keys {self._names()}",
+            )
+        return arrays
 
     def _names(self) -> list[str]:
         return [spec.name for spec in self._inputs]
@@ -142,6 +153,17 @@ class Decoder:
             )
         arr = _cast(spec, arr)
         return _fit_shape(spec, arr)
+
+
+def _peek_id(payload: bytes) -> object:
+    """The ``id`` of an oversize JSON reading, if it is not too large to look at."""
+    if len(payload) > 1_048_576 or payload.lstrip()[:1] != b"{":
+        return None
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) else None
 
 
 def _load_npy(payload: bytes) -> Array:

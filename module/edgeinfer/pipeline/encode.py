@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
+from edgeinfer.manifest import ModelIdentity
 from edgeinfer.runtimes.base import Array
 
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a result says about the model that produced it."""
-
-    name: str
-    version: str
-    labels: tuple[str, ...] = ()
 
 
 def encode_result(

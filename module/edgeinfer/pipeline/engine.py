@@ -1,58 +1,46 @@
-"""The inference thread: micro-batches readings, runs the model, publishes answers.
+"""The inference thread: micro-batches readings, runs the model, hands answers to the responder.
 
 Threads, and what each one owns:
 
-* paho's network thread calls :meth:`Engine.submit`; it only enqueues (and
+* the transport's thread calls :meth:`Engine.submit`; it only enqueues (and
   blocks while the queue is full: back-pressure, counted in the metrics,
   rather than a dropped reading).
-* the engine thread owns the model, the decoder and the batching; inference
-  never runs on the network thread.
+* the engine thread owns the model being served, the decoder and the
+  batching; inference never runs on the transport's thread.
+* any thread may call :meth:`Engine.swap`; the engine thread takes the new
+  model between two batches.
 
 Batches close when ``max_batch`` readings are taken or ``max_delay_ms`` has
-passed (0: take what is already queued, add no wait). Only models whose
-inputs all have a dynamic batch dimension are batched. Answers are published
-in the order readings were taken from the queue, so results for one topic keep
-the readings' order.
+passed. Only models whose inputs all have a dynamic batch dimension are
+batched. Answers are handed on in the order readings were taken from the
+queue, so results for one topic keep the readings' order. Every reading gets
+exactly one answer: its result, or its own error report; a failure of one
+reading never answers its batch-mates with an error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeinfer.active import ActiveModel
 from edgeinfer.errors import ModelError, ReadingError
-from edgeinfer.mqtt.acks import Ticket
-from edgeinfer.mqtt.connection import Incoming
-from edgeinfer.mqtt.topics import OutputTopics
+from edgeinfer.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
+from edgeinfer.pipeline.batching import STOP, WAKE, ReadingQueue
 from edgeinfer.pipeline.decode import Decoder, Reading
-from edgeinfer.pipeline.encode import encode_error, encode_result
-from edgeinfer.runtimes.base import Array, Model, batchable
+from edgeinfer.pipeline.encode import encode_result
+from edgeinfer.pipeline.message import Message
+from edgeinfer.pipeline.responder import Responder
+from edgeinfer.runtimes.base import Array, batchable
+from edgeinfer.topics import TopicTemplate, TopicTooLongError
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    """Where answers go; ``on_done`` runs once the broker has the message."""
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 1,
-        retain: bool = False,
-        on_done: Callable[[], None] | None = None,
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -64,30 +52,19 @@ class EngineSettings:
     queue_size: int
     max_payload_bytes: int
     allow_non_finite: bool
-    output_template: str
-    output_qos: int
-    errors_topic: str
+    output: TopicTemplate
     module_id: str
-
-
-@dataclass
-class _Job:
-    msg: Incoming
-    received: float  # time.perf_counter() at arrival
 
 
 @dataclass(frozen=True)
 class BatchOutcome:
     """What one model run did, for the probation monitor."""
 
-    active: ActiveModel
+    active: LoadedModel
     readings: int
     failed: int  # readings answered with inference_failed
     non_finite: int  # readings whose outputs hold NaN or infinity
     seconds: float
-
-
-_WAKE = object()  # queued by swap() so an idle engine switches models at once
 
 
 class Engine:
@@ -95,29 +72,25 @@ class Engine:
 
     def __init__(
         self,
-        active: ActiveModel,
+        active: LoadedModel,
         settings: EngineSettings,
-        publisher: Publisher,
-        on_answered: Callable[[Ticket], None],
+        responder: Responder,
         metrics: Metrics,
-        on_batch: Callable[[BatchOutcome], None] | None = None,
     ) -> None:
         self._settings = settings
-        self._publisher = publisher
-        self._on_answered = on_answered
-        self._on_batch = on_batch
+        self._responder = responder
+        self._observers: list[Callable[[BatchOutcome], None]] = []
         self._metrics = metrics
-        self._topics = OutputTopics(settings.output_template, settings.module_id)
-        self._queue: queue.Queue[_Job | object | None] = queue.Queue(settings.queue_size)
-        # swap() hands a model over; the engine thread takes it between batches.
+        self._queue: ReadingQueue[Message] = ReadingQueue(settings.queue_size)
+        # swap() leaves a model here; the engine thread takes it between batches.
         self._swap_lock = threading.Lock()
-        self._pending: tuple[ActiveModel, threading.Event] | None = None
+        self._pending: tuple[LoadedModel, threading.Event] | None = None
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._closed = False
         self._use(active)
         metrics.queue_capacity.set(settings.queue_size)
 
-    def _use(self, active: ActiveModel) -> None:
+    def _use(self, active: LoadedModel) -> None:
         self._active = active
         self._decoder = Decoder(
             active.model.inputs, self._settings.max_payload_bytes, self._settings.allow_non_finite
@@ -125,22 +98,28 @@ class Engine:
         self._max_batch = self._settings.max_batch if batchable(active.model) else 1
 
     @property
-    def active(self) -> ActiveModel:
+    def active(self) -> LoadedModel:
+        """The model answering readings now."""
         return self._active
 
-    def swap(self, active: ActiveModel) -> threading.Event:
+    @property
+    def depth(self) -> int:
+        """Readings waiting in the queue."""
+        return self._queue.depth
+
+    def swap(self, active: LoadedModel) -> threading.Event:
         """Serve ``active`` from the next batch on; the event is set once it is in use.
 
         Readings already queued are answered by the new model: none is dropped
-        or answered twice. The old model stays loaded; its owner closes it.
+        or answered twice. The old model stays loaded; its owner closes it
+        once the event is set.
         """
         applied = threading.Event()
         with self._swap_lock:
             if self._pending is not None:
                 self._pending[1].set()  # superseded before it was used
             self._pending = (active, applied)
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_WAKE)  # a busy engine looks at _pending anyway
+        self._queue.wake()  # a busy engine looks at _pending anyway
         if not self._thread.is_alive():
             self._take_pending()
         return applied
@@ -152,30 +131,26 @@ class Engine:
             self._use(pending[0])
             pending[1].set()
 
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
+    def observe(self, observer: Callable[[BatchOutcome], None]) -> None:
+        """Call ``observer`` (on the engine thread) with every batch's outcome; before start."""
+        self._observers.append(observer)
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, msg: Incoming) -> None:
-        """Enqueue one reading; blocks while the queue is full (network thread)."""
+    def submit(self, message: Message) -> None:
+        """Enqueue one reading; blocks while the queue is full (transport thread)."""
         self._metrics.messages_received.inc()
-        job = _Job(msg, time.perf_counter())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        waited = self._queue.put(message)
+        if waited:
             self._metrics.backpressure_waits.inc()
-            started = time.perf_counter()
-            self._queue.put(job)
-            self._metrics.backpressure_seconds.inc(time.perf_counter() - started)
+            self._metrics.backpressure_seconds.inc(waited)
 
     def drain(self, timeout: float) -> bool:
         """Answer everything queued, then stop the thread; True if it finished in time."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
+            self._queue.close()
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -185,89 +160,80 @@ class Engine:
         while True:
             first = self._queue.get()
             self._take_pending()
-            if first is None:
+            if first is STOP:
                 return
-            if not isinstance(first, _Job):
-                continue  # a wake-up from swap()
-            jobs = [first]
-            stop = self._fill(jobs)
-            try:
-                self._answer(jobs)
-            except Exception:  # a bug here must not kill the only inference thread
-                log.exception("unexpected failure answering %d readings", len(jobs))
-                for job in jobs:
-                    self._reject(
-                        job,
+            if first is WAKE or not isinstance(first, Message):
+                continue
+            batch = [first]
+            stop = self._queue.fill(batch, self._max_batch, self._settings.max_delay_ms)
+            self._answer_safely(batch)
+            if stop:
+                return
+
+    def _answer_safely(self, batch: list[Message]) -> None:
+        answered: set[int] = set()
+        try:
+            self._answer(batch, answered)
+        except Exception:  # a bug here must not kill the only inference thread
+            log.exception("unexpected failure answering %d readings", len(batch))
+            for message in batch:
+                if id(message) not in answered:
+                    self._responder.error(
+                        message,
                         ReadingError(
                             "internal_error",
                             "the module failed to answer this reading; see its log",
                         ),
                     )
-            if stop:
-                return
 
-    def _fill(self, jobs: list[_Job]) -> bool:
-        """Add queued readings to ``jobs`` up to the batch size; True when the stop marker came."""
-        limit = self._max_batch
-        deadline = time.perf_counter() + self._settings.max_delay_ms / 1000
-        while len(jobs) < limit:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    job = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if job is None:
-                return True
-            if isinstance(job, _Job):
-                jobs.append(job)
-        return False
-
-    def _answer(self, jobs: list[_Job]) -> None:
+    def _answer(self, batch: list[Message], answered: set[int]) -> None:
         active = self._active
-        decoded: list[tuple[_Job, Reading]] = []
-        for job in jobs:
+        decoded: list[tuple[Message, Reading]] = []
+        for message in batch:
             try:
-                decoded.append((job, self._decoder.decode(job.msg.payload)))
+                decoded.append((message, self._decoder.decode(message.payload)))
             except ReadingError as exc:
-                self._reject(job, exc)
+                answered.add(id(message))
+                self._responder.error(message, exc)
         if not decoded:
             return
         started = time.perf_counter()
         try:
-            outputs = self._run(active.model, [r for _, r in decoded])
-        except ModelError as exc:
-            failed = 0
-            if len(decoded) == 1:
-                self._reject(decoded[0][0], ReadingError("inference_failed", str(exc)))
-                failed = 1
-            else:
-                # One bad reading must not fail its batch-mates: answer one by one.
-                for job, reading in decoded:
-                    try:
-                        self._publish_results(
-                            active, [(job, reading)], self._run(active.model, [reading])
-                        )
-                    except ModelError as single:
-                        self._reject(job, ReadingError("inference_failed", str(single)))
-                        failed += 1
+            outputs = self._run(active, [r for _, r in decoded])
+        except ModelError:
+            failed = self._answer_one_by_one(active, decoded, answered)
             self._report(active, len(decoded), failed, 0, time.perf_counter() - started)
             return
         elapsed = time.perf_counter() - started
-        self._publish_results(active, decoded, outputs)
+        self._publish_results(active, decoded, outputs, answered)
         self._report(active, len(decoded), 0, _non_finite_rows(outputs), elapsed)
 
-    def _report(
-        self, active: ActiveModel, readings: int, failed: int, non_finite: int, seconds: float
-    ) -> None:
-        if self._on_batch is not None:
-            self._on_batch(BatchOutcome(active, readings, failed, non_finite, seconds))
+    def _answer_one_by_one(
+        self, active: LoadedModel, decoded: list[tuple[Message, Reading]], answered: set[int]
+    ) -> int:
+        """Run each reading alone so one bad reading does not fail its batch-mates."""
+        failed = 0
+        for message, reading in decoded:
+            try:
+                outputs = self._run(active, [reading])
+            except ModelError as exc:
+                answered.add(id(message))
+                self._responder.error(
+                    message, ReadingError("inference_failed", str(exc), reading.id)
+                )
+                failed += 1
+                continue
+            self._publish_results(active, [(message, reading)], outputs, answered)
+        return failed
 
-    def _run(self, model: Model, readings: list[Reading]) -> dict[str, Array]:
+    def _report(
+        self, active: LoadedModel, readings: int, failed: int, non_finite: int, seconds: float
+    ) -> None:
+        outcome = BatchOutcome(active, readings, failed, non_finite, seconds)
+        for observer in self._observers:
+            observer(outcome)
+
+    def _run(self, active: LoadedModel, readings: list[Reading]) -> dict[str, Array]:
         if len(readings) == 1:
             feeds = readings[0].feeds
         else:
@@ -276,61 +242,39 @@ class Engine:
                 for name in readings[0].feeds
             }
         started = time.perf_counter()
-        outputs = model.run(feeds)
+        outputs = active.model.run(feeds)
         self._metrics.inference_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(readings))
         return outputs
 
     def _publish_results(
-        self, active: ActiveModel, decoded: list[tuple[_Job, Reading]], outputs: dict[str, Array]
+        self,
+        active: LoadedModel,
+        decoded: list[tuple[Message, Reading]],
+        outputs: dict[str, Array],
+        answered: set[int],
     ) -> None:
         start = 0
         now = time.perf_counter()
-        for job, reading in decoded:
+        for message, reading in decoded:
             end = start + reading.rows
             sliced = {name: value[start:end] for name, value in outputs.items()}
             start = end
+            answered.add(id(message))
+            try:
+                topic = self._settings.output.render(message.topic, self._settings.module_id)
+            except TopicTooLongError as exc:
+                self._responder.error(message, ReadingError("bad_topic", str(exc), reading.id))
+                continue
             payload = encode_result(
-                job.msg.topic,
+                message.topic,
                 active.identity,
                 sliced,
                 reading.id,
                 reading.ts,
-                (now - job.received) * 1000,
+                (now - message.received) * 1000,
             )
-            self._publisher.publish(
-                self._topics.render(job.msg.topic),
-                payload,
-                qos=self._settings.output_qos,
-                on_done=self._done_callback(job, answered=True),
-            )
-
-    def _reject(self, job: _Job, error: ReadingError) -> None:
-        self._metrics.reading_errors.labels(error.code).inc()
-        log.warning("rejected reading on %s: %s", job.msg.topic, error)
-        rid = _reading_id(job.msg.payload)
-        payload = encode_error(job.msg.topic, error.code, error.reason, rid)
-        self._publisher.publish(
-            self._settings.errors_topic,
-            payload,
-            qos=1,
-            on_done=self._done_callback(job, answered=False),
-        )
-
-    def _done_callback(self, job: _Job, answered: bool) -> Callable[[], None]:
-        # Capture the ticket and the arrival time, not the job: an answer can
-        # wait long for its PUBACK (a backlog after a restart), and holding
-        # the reading's payload that long multiplied memory by its size.
-        ticket = job.msg.ticket
-        received = job.received
-
-        def done() -> None:
-            if answered:
-                self._metrics.results_published.inc()
-            self._metrics.end_to_end_seconds.observe(time.perf_counter() - received)
-            self._on_answered(ticket)
-
-        return done
+            self._responder.result(message, topic, payload, reading.id)
 
 
 def _non_finite_rows(outputs: dict[str, Array]) -> int:
@@ -345,16 +289,3 @@ def _non_finite_rows(outputs: dict[str, Array]) -> int:
         )
         bad = rows if bad is None or bad.shape != rows.shape else bad | rows
     return int(bad.sum()) if bad is not None else 0
-
-
-def _reading_id(payload: bytes) -> object:
-    """The ``id`` of a rejected reading, when it can still be read."""
-    import orjson
-
-    if len(payload) > 1_048_576 or not payload.startswith(b"{"):
-        return None
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return doc.get("id") if isinstance(doc, dict) else None

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from edgeinfer.errors import UpdateError
+from edgeinfer.manifest import Manifest
+from edgeinfer.updates.states import Target
 from edgeinfer.updates.store import check_part
 
 MAX_DOCUMENT_BYTES = 65_536
@@ -40,8 +42,21 @@ class DesiredState:
     document: dict[str, Any] = field(repr=False, compare=False)
 
     @property
-    def target(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version}
+    def target(self) -> Target:
+        return Target(self.name, self.version)
+
+    def manifest(self, fmt: str) -> Manifest:
+        """The manifest a version installed from this document is stored with."""
+        return Manifest(
+            name=self.name,
+            version=self.version,
+            format=fmt,
+            sha256=self.sha256 or "",
+            size=self.size,
+            labels=self.labels or (),
+            self_test=self.self_test or {},
+            source=self.url,
+        )
 
 
 def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredState:
@@ -137,3 +152,16 @@ def _check_self_test(self_test: object) -> None:
     golden = self_test.get("golden")
     if golden is not None and not isinstance(golden, dict):
         raise UpdateError(f"self_test.golden = {golden!r}: expected {{output name: array}}")
+
+
+def check_install_fields(manifest: Manifest) -> None:
+    """The checks a desired state's model gets, for a manifest installed from a local file."""
+    check_part("model.name", manifest.name)
+    check_part("model.version", manifest.version)
+    if not _SHA256.match(manifest.sha256):
+        raise UpdateError(
+            f"sha256 = {manifest.sha256!r}: expected 64 lowercase hex digits (required)"
+        )
+    if manifest.size is None or manifest.size <= 0:
+        raise UpdateError(f"size = {manifest.size!r}: expected the file size in bytes, > 0")
+    _check_self_test(dict(manifest.self_test))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from edgeinfer.active import ActiveModel
+from edgeinfer.config import UpdatesConfig
+from edgeinfer.loaded import LoadedModel
 from edgeinfer.pipeline.engine import BatchOutcome
+from edgeinfer.updates.states import Target
+from edgeinfer.updates.store import StoredVersion
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Limits:
 class ProbationMonitor:
     """Collects batch outcomes of one model (fed from the engine thread)."""
 
-    def __init__(self, watched: ActiveModel, limits: Limits) -> None:
+    def __init__(self, watched: LoadedModel, limits: Limits) -> None:
         self._watched = watched
         self._limits = limits
         self._lock = threading.Lock()
@@ -60,3 +64,46 @@ class ProbationMonitor:
                         f"{self._limits.max_latency_ms} ms"
                     )
         return None
+
+
+@dataclass
+class Probation:
+    """A candidate serving on probation, and what to go back to if it fails."""
+
+    monitor: ProbationMonitor
+    candidate: LoadedModel
+    candidate_stored: StoredVersion
+    old: LoadedModel
+    old_stored: StoredVersion | None
+    target: Target
+    ends: float  # time.monotonic() when it passes
+    applied: threading.Event  # set once the engine serves the candidate
+
+    @classmethod
+    def start(
+        cls,
+        config: UpdatesConfig,
+        candidate: LoadedModel,
+        stored: StoredVersion,
+        old: LoadedModel,
+        old_stored: StoredVersion | None,
+        target: Target,
+        applied: threading.Event,
+    ) -> Probation:
+        """Watch ``candidate`` for ``updates.probation_s`` with the configured limits."""
+        limits = Limits(
+            max_error_rate=config.probation_max_error_rate,
+            max_latency_ms=config.probation_max_latency_ms
+            or float(candidate.self_test.get("max_latency_ms", 0) or 0),
+            min_readings=config.probation_min_readings,
+        )
+        return cls(
+            ProbationMonitor(candidate, limits),
+            candidate,
+            stored,
+            old,
+            old_stored,
+            target,
+            time.monotonic() + config.probation_s,
+            applied,
+        )

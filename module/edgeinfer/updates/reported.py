@@ -1,93 +1,65 @@
-"""The retained reported state (SPEC.md, "Reported state")."""
+"""The retained reported state (``edgeinfer/{module_id}/reported``).
+
+The reporter renders what it is told into the document and publishes it; it
+decides nothing. Only the updater thread calls it, so documents leave in the
+order they were made and the retained one is always the newest.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from edgeinfer.active import ActiveModel
+from edgeinfer.loaded import LoadedModel
+from edgeinfer.updates.states import UpdateState, UpdateStatus, iso
 from edgeinfer.updates.store import ModelStore
 
-STATES = (
-    "idle",
-    "downloading",
-    "verifying",
-    "testing",
-    "probation",
-    "active",
-    "failed",
-    "rolled_back",
-)
 Publish = Callable[[bytes], None]
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+#: Progress reports are throttled to this many seconds apart.
+PROGRESS_INTERVAL_S = 0.25
 
 
 class Reporter:
-    """Keeps the reported document and republishes it (retained) on every change."""
+    """Keeps the last reported parts and republishes the whole document on every change."""
 
     def __init__(self, module_id: str, store: ModelStore, publish: Publish) -> None:
         self._module_id = module_id
         self._store = store
         self._publish = publish
-        self._lock = threading.Lock()
         self._model: dict[str, Any] = {}
-        self._update: dict[str, Any] = {
-            "state": "idle",
-            "target": None,
-            "progress": None,
-            "error": None,
-            "at": _iso(time.time()),
-        }
+        self.status = UpdateStatus()
         self._last_progress = 0.0
 
-    def serving(self, active: ActiveModel) -> None:
-        """Record the model now answering readings."""
-        with self._lock:
-            self._model = {
-                "name": active.identity.name,
-                "version": active.identity.version,
-                "sha256": active.sha256,
-                "runtime": active.model.runtime,
-                "activated_at": _iso(time.time()),
-            }
+    def serving(self, loaded: LoadedModel) -> None:
+        """Record the model now answering readings, and publish."""
+        self._model = {
+            "name": loaded.identity.name,
+            "version": loaded.identity.version,
+            "sha256": loaded.sha256,
+            "runtime": loaded.model.runtime,
+            "activated_at": iso(time.time()),
+        }
         self.publish()
 
-    def update(
-        self,
-        state: str,
-        target: dict[str, str] | None,
-        error: str | None = None,
-        progress: float | None = None,
-    ) -> None:
-        """Record an update step; progress reports are throttled to 4 a second."""
-        assert state in STATES, state
+    def update(self, status: UpdateStatus) -> None:
+        """Record an update step, and publish (progress at most 4 times a second)."""
         now = time.monotonic()
-        if progress is not None and 0 < progress < 1 and now - self._last_progress < 0.25:
+        if (
+            status.state is UpdateState.DOWNLOADING
+            and status.progress is not None
+            and 0 < status.progress < 1
+            and now - self._last_progress < PROGRESS_INTERVAL_S
+        ):
             return
         self._last_progress = now
-        with self._lock:
-            self._update = {
-                "state": state,
-                "target": target,
-                "progress": None if progress is None else round(progress, 4),
-                "error": error,
-                "at": _iso(time.time()),
-            }
+        self.status = status
         self.publish()
 
-    @property
-    def state(self) -> str:
-        return str(self._update["state"])
-
     def document(self) -> dict[str, Any]:
+        """The reported-state document as it stands."""
         current = self._store.link("current")
         previous = self._store.link("previous")
         versions = [
@@ -99,14 +71,13 @@ class Reporter:
             }
             for v in self._store.versions()
         ]
-        with self._lock:
-            return {
-                "module_id": self._module_id,
-                "model": dict(self._model),
-                "update": dict(self._update),
-                "versions": versions,
-                "ts": _iso(time.time()),
-            }
+        return {
+            "module_id": self._module_id,
+            "model": dict(self._model),
+            "update": self.status.as_dict(),
+            "versions": versions,
+            "ts": iso(time.time()),
+        }
 
     def publish(self) -> None:
         self._publish(orjson.dumps(self.document()))

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeinfer.errors import ConfigError, UpdateError
-from edgeinfer.updates.desired import DesiredState
 from edgeinfer.updates.store import ModelStore
 
 
@@ -65,14 +64,24 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-class Verifier(Protocol):
-    """One check a desired state must pass before anything is downloaded."""
+class Signed(Protocol):
+    """A document that may be signed: a desired state, or an inbox manifest."""
 
-    def verify(self, desired: DesiredState) -> None:
+    @property
+    def document(self) -> dict[str, Any]: ...
+
+    @property
+    def sequence(self) -> int | None: ...
+
+
+class Verifier(Protocol):
+    """One check a document must pass before anything is downloaded or installed."""
+
+    def verify(self, desired: Signed) -> None:
         """Raise UpdateError saying why the document is refused."""
         ...
 
-    def accept(self, desired: DesiredState) -> None:
+    def accept(self, desired: Signed) -> None:
         """Record that the document was accepted (e.g. persist its sequence)."""
         ...
 
@@ -83,7 +92,7 @@ class SignatureVerifier:
     def __init__(self, keys: list[Ed25519PublicKey]) -> None:
         self._keys = keys
 
-    def verify(self, desired: DesiredState) -> None:
+    def verify(self, desired: Signed) -> None:
         signature = desired.document.get("signature")
         if not isinstance(signature, str):
             raise UpdateError(
@@ -102,7 +111,7 @@ class SignatureVerifier:
                 continue
         raise UpdateError("bad signature: no trusted key verifies this desired state")
 
-    def accept(self, desired: DesiredState) -> None:
+    def accept(self, desired: Signed) -> None:
         return None
 
 
@@ -118,7 +127,7 @@ class SequenceVerifier:
     def __init__(self, store: ModelStore) -> None:
         self._store = store
 
-    def verify(self, desired: DesiredState) -> None:
+    def verify(self, desired: Signed) -> None:
         if desired.sequence is None:
             raise UpdateError(
                 'desired state has no "sequence": expected an integer higher '
@@ -136,11 +145,11 @@ class SequenceVerifier:
                 f"accepted {last.get('value')}: a replayed or older desired state"
             )
 
-    def accept(self, desired: DesiredState) -> None:
+    def accept(self, desired: Signed) -> None:
         state = self._store.read_state()
         state["sequence"] = {"value": desired.sequence, "digest": _digest(desired)}
         self._store.write_state(state)
 
 
-def _digest(desired: DesiredState) -> str:
+def _digest(desired: Signed) -> str:
     return hashlib.sha256(canonical(desired.document)).hexdigest()

@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import UpdateError
+from edgeinfer.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 
 MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 #: Names and versions become directory names: no separators, no dot-dot, no surprises.
 SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
@@ -69,6 +70,10 @@ class StoredVersion:
             if (self.path / filename).is_file():
                 return self.path / filename
         raise StoreError(f"{self.path} holds no model file ({', '.join(MODEL_FILES.values())})")
+
+    def manifest(self) -> Manifest:
+        """The manifest the version was installed with."""
+        return load_manifest(self.model_file)
 
 
 class ModelStore:
@@ -120,19 +125,20 @@ class ModelStore:
 
     # -- changing --------------------------------------------------------------
 
-    def install(
-        self, model_file: Path, fmt: str, name: str, version: str, manifest: dict[str, Any]
-    ) -> StoredVersion:
+    def install(self, model_file: Path, manifest: Manifest) -> StoredVersion:
         """Copy a verified model and its manifest in as ``name/version`` (replacing a copy)."""
-        check_part("name", name)
-        check_part("version", version)
+        name = check_part("name", manifest.name)
+        version = check_part("version", manifest.version)
+        fmt = manifest.format
+        if fmt not in MODEL_FILES:
+            raise StoreError(f"format {fmt!r}: expected one of {sorted(MODEL_FILES)}")
         with self._lock:
             final = self.models / name / version
             staging = self.models / name / f".staging-{uuid.uuid4().hex[:8]}"
             staging.mkdir(parents=True)
             try:
                 shutil.copyfile(model_file, staging / MODEL_FILES[fmt])
-                (staging / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+                (staging / MANIFEST).write_bytes(manifest.to_json())
                 _fsync_dir(staging)
                 if final.exists():
                     if self._points_at("current", final) or self._points_at("previous", final):
@@ -146,18 +152,19 @@ class ModelStore:
                 raise
             return StoredVersion(name, version, final)
 
-    def activate(self, version: StoredVersion) -> None:
-        """Point ``previous`` at the old ``current`` and ``current`` at ``version``."""
+    def activate(self, version: StoredVersion, previous: StoredVersion | None = None) -> None:
+        """Point ``current`` at ``version`` and ``previous`` at the version served until now.
+
+        ``previous`` defaults to what ``current`` names; the updater passes the
+        version it served, because after a hand-edit ``current`` already names
+        the new one. ``previous`` is written first: a crash between the two
+        writes leaves both naming installed versions.
+        """
         with self._lock:
-            old = self.link("current")
+            old = previous if previous is not None else self.link("current")
             if old is not None and old.path != version.path:
                 self._set_link("previous", old)
             self._set_link("current", version)
-
-    def set_previous(self, version: StoredVersion) -> None:
-        """Point ``previous`` at ``version`` (after ``current`` was changed by hand)."""
-        with self._lock:
-            self._set_link("previous", version)
 
     def roll_back_to(self, version: StoredVersion, failed: StoredVersion | None) -> None:
         """Point ``current`` back at ``version``; remember ``failed`` so it is not retried."""

@@ -1,33 +1,23 @@
-"""Configuration: frozen, validated dataclasses and the one place they are resolved.
+"""The configuration's sections: frozen dataclasses, each validated on construction.
 
-Precedence, highest first: command-line flags, ``EDGEINFER_<SECTION>_<KEY>``
-environment variables, the TOML file, the defaults below. Unknown keys, in the
-file or the environment, are errors rather than silently ignored: a typo in a
-fleet-wide config must not quietly run with a default.
-
-``deployment/edgeinfer.example.toml`` documents every key; a test keeps it in
-step with these dataclasses.
+Every key has its default here; ``deployment/edgeinfer.example.toml`` documents
+every key, and a test keeps the two in step. A bad value raises ConfigError
+naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import typing
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import tomllib
-
 from edgeinfer.errors import ConfigError
+from edgeinfer.topics import TemplatePlaceholderError, TopicTemplate, valid_filter
 
-ENV_PREFIX = "EDGEINFER_"
-#: Environment variable naming the TOML file, for containers that cannot pass flags.
-CONFIG_ENV = "EDGEINFER_CONFIG"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _BROKER_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
@@ -195,46 +185,27 @@ class TopicsConfig:
         )
         for flt in self.inputs:
             _require(
-                _valid_filter(flt),
+                valid_filter(flt),
                 "topics.inputs",
                 flt,
                 "a topic filter where '#' is last and wildcards fill whole levels",
             )
-        _require(
-            bool(self.output) and "#" not in self.output and "+" not in self.output,
-            "topics.output",
-            self.output,
-            "a topic template without wildcards",
-        )
         try:
-            self.output.format_map(_ProbeTemplate())
-        except (KeyError, ValueError, IndexError) as exc:
+            TopicTemplate.parse(self.output)
+        except TemplatePlaceholderError:
             raise ConfigError(
                 "topics.output",
                 self.output,
                 "a template using only {topic}, {module_id}, {1}, {2}, ...",
-            ) from exc
+            ) from None
+        except ValueError as exc:
+            raise ConfigError("topics.output", self.output, f"a topic template (not {exc})") from None
         _require(self.input_qos in (0, 1), "topics.input_qos", self.input_qos, "0 or 1")
         _require(self.output_qos in (0, 1), "topics.output_qos", self.output_qos, "0 or 1")
 
-
-class _ProbeTemplate(dict[str, str]):
-    """Accepts exactly the placeholders an output template may use."""
-
-    def __missing__(self, key: str) -> str:
-        if key in ("topic", "module_id") or key.isdigit():
-            return "x"
-        raise KeyError(key)
-
-
-def _valid_filter(flt: str) -> bool:
-    levels = flt.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
+    @property
+    def output_template(self) -> TopicTemplate:
+        return TopicTemplate.parse(self.output)
 
 
 @dataclass(frozen=True)
@@ -397,140 +368,4 @@ class Config:
 
 SECTIONS: dict[str, type[Any]] = {
     f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
-}
-
-
-def load_config(
-    path: str | Path | None = None,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, object] | None = None,
-) -> Config:
-    """Resolve the configuration from file, environment and flags.
-
-    Args:
-        path: TOML file; when None, ``$EDGEINFER_CONFIG`` is used if set.
-        env: the environment (``os.environ`` when None).
-        overrides: dotted keys from the command line, e.g. ``{"broker.url": ...}``;
-            None values are ignored.
-
-    Raises:
-        ConfigError: naming the key and the bad value.
-    """
-    env = os.environ if env is None else env
-    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    path = path if path is not None else env.get(CONFIG_ENV) or None
-    if path is not None:
-        _merge_file(merged, Path(path))
-    _merge_env(merged, env)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            section, key = dotted.split(".", 1)
-            merged[section][key] = value
-    sections = {}
-    for name, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        values = {
-            key: _coerce(f"{name}.{key}", val, hints[key]) for key, val in merged[name].items()
-        }
-        sections[name] = cls(**values)
-    return Config(**sections)
-
-
-def _merge_file(merged: dict[str, dict[str, Any]], path: Path) -> None:
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError("--config", str(path), f"a readable TOML file ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", str(path), f"valid TOML ({exc})") from exc
-    for section, values in data.items():
-        if section not in SECTIONS or not isinstance(values, dict):
-            raise ConfigError(section, values, f"a [section], one of {sorted(SECTIONS)}")
-        for key, value in values.items():
-            _check_known(section, key, value)
-            merged[section][key] = value
-
-
-def _merge_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
-        if section not in SECTIONS:
-            raise ConfigError(
-                name,
-                raw,
-                f"EDGEINFER_<SECTION>_<KEY> with SECTION one of "
-                f"{sorted(s.upper() for s in SECTIONS)}",
-            )
-        _check_known(section, key, raw, label=name)
-        merged[section][key] = raw
-
-
-def _check_known(section: str, key: str, value: object, label: str | None = None) -> None:
-    known = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if key not in known:
-        raise ConfigError(
-            label or f"{section}.{key}", value, f"a known key of [{section}]: {', '.join(known)}"
-        )
-
-
-def _coerce(key: str, value: object, kind: Any) -> object:
-    """Return ``value`` as ``kind``; strings (from env or flags) are parsed."""
-    if typing.get_origin(kind) is list:
-        return _as_list(key, value)
-    parse: Callable[[str, object], object] = _PARSERS[kind]
-    return parse(key, value)
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _as_bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
-    raise ConfigError(key, value, "true or false")
-
-
-def _as_int(key: str, value: object) -> int:
-    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-        return int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(key, value, "an integer")
-    return value
-
-
-def _as_float(key: str, value: object) -> float:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(key, value, "a number") from None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ConfigError(key, value, "a number")
-    return float(value)
-
-
-def _as_str(key: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, value, "a string")
-    return value
-
-
-def _as_list(key: str, value: object) -> list[str]:
-    if isinstance(value, str):
-        value = [item.strip() for item in value.split(",") if item.strip()]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(key, value, "a list of strings (comma-separated in the environment)")
-    return list(value)
-
-
-_PARSERS: dict[type, Callable[[str, object], object]] = {
-    bool: _as_bool,
-    int: _as_int,
-    float: _as_float,
-    str: _as_str,
 }

@@ -1,0 +1,45 @@
+"""The one gate every model passes before it answers a reading.
+
+``admit`` loads a model file with its manifest and runs its self-test; if
+either fails, whatever was loaded is closed and an UpdateError says why. The
+start-up path, desired states, a hand-edited ``current`` and the inbox all
+go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeinfer.errors import ModelError, UpdateError
+from edgeinfer.loaded import LoadedModel, load
+from edgeinfer.manifest import Manifest
+from edgeinfer.serving.selftest import run_self_test
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How models are loaded and tested (from ``[model]`` and ``[updates]``)."""
+
+    threads: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    self_test_runs: int = 20
+
+
+def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> LoadedModel:
+    """Load ``path`` and pass it through its self-test; the caller owns the result.
+
+    Raises:
+        UpdateError: the model will not load, or fails its self-test; nothing
+            stays loaded.
+    """
+    try:
+        loaded = load(path, manifest, options.threads, options.providers)
+    except (ModelError, OSError) as exc:
+        raise UpdateError(f"the model will not load: {exc}") from exc
+    try:
+        run_self_test(loaded.model, dict(loaded.self_test), options.self_test_runs)
+    except BaseException:
+        loaded.model.close()
+        raise
+    return loaded
