@@ -20,10 +20,11 @@ test: $(BIN)/.installed          ## the whole suite, against a mosquitto it star
 	done
 	$(BIN)/python -m pytest
 
-check: $(BIN)/.installed         ## lint, format and type checks
+check: $(BIN)/.installed         ## lint, format, type and layering checks
 	$(BIN)/ruff check module tests benchmarks models
 	$(BIN)/ruff format --check module tests benchmarks models
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/.installed         ## pipeline (pass-through vs naive vs edgeinfer), then updates
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -16,7 +16,6 @@ For edgeinfer also: resident memory (VmRSS, VmHWM) and time from start to ready.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,8 @@ import paho.mqtt.client as paho
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "module"))
 
-from edgeinfer.tools.broker import LocalBroker, free_port  # noqa: E402
-from edgeinfer.tools.demo import wait_ready  # noqa: E402
+from edgeinfer.tools.broker import LocalBroker  # noqa: E402
+from edgeinfer.tools.launch import ModuleLauncher  # noqa: E402
 from edgeinfer.tools.recordings import load_recordings  # noqa: E402
 from edgeinfer.tools.simulate import connect_client  # noqa: E402
 
@@ -45,64 +44,43 @@ CONTENDERS = ("passthrough", "naive", "edgeinfer")
 class Contender:
     def __init__(self, name: str, broker: LocalBroker, round_no: int) -> None:
         self.name = name
-        self.http_port = free_port()
-        # A fresh session per round, like the peers': a persistent one would
-        # queue the other contenders' readings and start the next round on a
-        # backlog that is not this contender's load.
-        env = dict(
-            os.environ,
-            EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-            EDGEINFER_LOG_LEVEL="WARNING",
-            EDGEINFER_BROKER_SESSION_EXPIRY_S="0",
-        )
         # Its own model store, not ./state in whatever directory the bench runs from.
         self.state = tempfile.TemporaryDirectory(prefix="edgeinfer-bench-")
+        self.module: ModuleLauncher | None = None
+        started = time.monotonic()
         if name == "edgeinfer":
-            cmd = [
-                sys.executable,
-                "-m",
-                "edgeinfer",
-                "run",
-                "--model",
-                str(MODEL),
-                "--broker",
+            # A fresh session per round, like the peers': a persistent one would
+            # queue the other contenders' readings and start the next round on a
+            # backlog that is not this contender's load.
+            self.module = ModuleLauncher(
                 broker.url,
-                "--module-id",
+                MODEL,
+                Path(self.state.name),
                 f"bench{round_no}",
-                "--state-dir",
-                self.state.name,
-            ]
-        else:
-            cmd = [
-                sys.executable,
-                str(ROOT / "benchmarks" / "peers.py"),
-                name,
-                str(broker.port),
-                str(MODEL),
-            ]
-        self.started = time.monotonic()
+                env={"EDGEINFER_LOG_LEVEL": "WARNING", "EDGEINFER_BROKER_SESSION_EXPIRY_S": "0"},
+            ).start()  # polls /readyz finely: "ready within 2 s" is a reported figure
+            self.ready_s = self.module.ready_s
+            self.proc = self.module.proc
+            return
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "peers.py"), name, str(broker.port)]
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            [*cmd, str(MODEL)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
-        self.ready_s = self._wait_ready()
-
-    def _wait_ready(self) -> float:
-        if self.name != "edgeinfer":
-            assert self.proc.stdout is not None
-            self.proc.stdout.readline()
-            return time.monotonic() - self.started
-        # Fine polling: "ready within 2 s" is one of the figures reported.
-        wait_ready(self.http_port, 30, self.proc, poll_s=0.005)
-        return time.monotonic() - self.started
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready"
+        self.ready_s = time.monotonic() - started
 
     def memory_mb(self) -> tuple[float, float]:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+        assert self.module is not None
+        return self.module.memory_mb()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(15)
+        if self.module is not None:
+            self.module.stop(15)
+        else:
+            assert self.proc is not None
+            self.proc.terminate()
+            self.proc.wait(15)
         self.state.cleanup()
 
 

@@ -18,9 +18,7 @@ import argparse
 import functools
 import hashlib
 import itertools
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,8 +33,8 @@ import paho.mqtt.client as paho
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "module"))
 
-from edgeinfer.tools.broker import LocalBroker, free_port  # noqa: E402
-from edgeinfer.tools.demo import wait_ready  # noqa: E402
+from edgeinfer.tools.broker import LocalBroker  # noqa: E402
+from edgeinfer.tools.launch import ModuleLauncher  # noqa: E402
 from edgeinfer.tools.recordings import load_recordings  # noqa: E402
 from edgeinfer.tools.simulate import connect_client  # noqa: E402
 
@@ -52,34 +50,19 @@ class Quiet(SimpleHTTPRequestHandler):
 
 class Rig:
     def __init__(self, broker: LocalBroker, state: Path) -> None:
-        self.http_port = free_port()
-        env = dict(
-            os.environ,
-            EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{self.http_port}",
-            EDGEINFER_LOG_LEVEL="WARNING",
-            EDGEINFER_UPDATES_ALLOW_HTTP="true",
-            EDGEINFER_UPDATES_PROBATION_S="0.2",
-            EDGEINFER_UPDATES_SELF_TEST_RUNS="5",
-            EDGEINFER_UPDATES_KEEP_VERSIONS="10",
-        )
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgeinfer",
-                "run",
-                "--model",
-                str(ONNX),
-                "--broker",
-                broker.url,
-                "--module-id",
-                MID,
-                "--state-dir",
-                str(state),
-            ],
-            env=env,
-        )
-        wait_ready(self.http_port, 30, self.proc)
+        self.module = ModuleLauncher(
+            broker.url,
+            ONNX,
+            state,
+            MID,
+            env={
+                "EDGEINFER_LOG_LEVEL": "WARNING",
+                "EDGEINFER_UPDATES_ALLOW_HTTP": "true",
+                "EDGEINFER_UPDATES_PROBATION_S": "0.2",
+                "EDGEINFER_UPDATES_SELF_TEST_RUNS": "5",
+                "EDGEINFER_UPDATES_KEEP_VERSIONS": "10",
+            },
+        ).start()
         self.lock = threading.Lock()
         self.results: list[tuple[float, dict[str, Any]]] = []
         self.errors = 0
@@ -134,12 +117,10 @@ class Rig:
         return ids
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+        return self.module.memory_mb()[0]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(15)
+        self.module.stop(15)
         self.sub.disconnect()
         self.pub.disconnect()
 

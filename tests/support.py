@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +12,7 @@ import orjson
 import paho.mqtt.client as paho
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.tools.broker import free_port
+from edgeinfer.tools.launch import ModuleLauncher
 from edgeinfer.tools.simulate import connect_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,8 +116,11 @@ class Publisher:
         self.client.loop_stop()
 
 
-class ModuleProcess:
-    """``python -m edgeinfer run`` in a child process, on its own topics."""
+class ModuleProcess(ModuleLauncher):
+    """``python -m edgeinfer run`` in a child process, on topics of its own."""
+
+    #: Every module started, so a fixture can stop them even when a test fails mid-start.
+    launched: ClassVar[list[ModuleProcess]] = []
 
     def __init__(
         self,
@@ -133,37 +130,22 @@ class ModuleProcess:
         module_id: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.module_id = module_id or unique("m")
-        self.state_dir = tmp / f"state-{self.module_id}"
-        self.prefix = self.module_id
-        self.http_port = free_port()
-        self.log_path = tmp / f"{self.module_id}.log"
-        self.env = dict(os.environ)
-        self.env.update(
-            {
-                "EDGEINFER_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+        module_id = module_id or unique("m")
+        self.prefix = module_id
+        super().__init__(
+            broker_url,
+            model,
+            tmp / f"state-{module_id}",
+            module_id,
+            env={
                 "EDGEINFER_TOPICS_INPUTS": f"{self.prefix}/sensors/#",
                 "EDGEINFER_TOPICS_OUTPUT": f"{self.prefix}/inference/{{topic}}",
                 "EDGEINFER_BROKER_RECONNECT_MIN_S": "0.1",
                 "EDGEINFER_BROKER_RECONNECT_MAX_S": "1",
-            }
+                **(env or {}),
+            },
+            log_path=tmp / f"{module_id}.log",
         )
-        self.env.update(env or {})
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "edgeinfer",
-            "run",
-            "--broker",
-            broker_url,
-            "--model",
-            str(model),
-            "--module-id",
-            self.module_id,
-            "--state-dir",
-            str(self.state_dir),
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def topic(self, leaf: str) -> str:
         """An input topic of this module: ``<prefix>/sensors/<leaf>``."""
@@ -176,46 +158,15 @@ class ModuleProcess:
     def errors_topic(self) -> str:
         return f"edgeinfer/{self.module_id}/errors"
 
-    #: Every module started, so a fixture can stop them even when a test fails mid-start.
-    launched: ClassVar[list[ModuleProcess]] = []
-
-    def start(self, wait: bool = True) -> ModuleProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=log)
+    def start(self, wait: bool = True, timeout: float = 20.0) -> ModuleProcess:
         ModuleProcess.launched.append(self)
-        if wait:
-            self.wait_ready()
-        return self
+        return super().start(wait, timeout)
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"module exited {self.proc.returncode}: {self.log()}")
-            if self.http_get("/readyz")[0] == 200:
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"module not ready in {timeout} s: {self.log()}")
-
-    def http_get(self, path: str) -> tuple[int, bytes]:
+    def wait_ready(self, timeout: float = 20.0, poll_s: float = 0.02) -> float:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
-
-    def metric(self, name: str) -> float:
-        """Sum of every sample of ``name`` in /metrics."""
-        status, body = self.http_get("/metrics")
-        assert status == 200
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name) and line[len(name)] in " {":
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            return super().wait_ready(timeout, poll_s)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
     def wait_metric(self, name: str, value: float, timeout: float = 5.0) -> float:
         """``name`` once it reaches ``value`` (or its last reading at the timeout).
@@ -229,23 +180,3 @@ class ModuleProcess:
             time.sleep(0.02)
             current = self.metric(name)
         return current
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -18,7 +18,7 @@ import yaml
 
 from edgeinfer.config import load_config
 from edgeinfer.tools.broker import LocalBroker, free_port, port_open
-from edgeinfer.tools.demo import wait_ready
+from edgeinfer.tools.launch import wait_ready
 from edgeinfer.tools.recordings import Recordings
 from tests.support import ROOT, Collector, Publisher
 

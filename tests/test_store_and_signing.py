@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeinfer.errors import UpdateError
+from edgeinfer.manifest import Manifest
 from edgeinfer.updates.desired import parse_desired
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, canonical, sign
-from edgeinfer.manifest import Manifest
 from edgeinfer.updates.store import ModelStore, StoreError
 from tests.support import ONNX_MODEL
 

@@ -199,7 +199,9 @@ class TopicsConfig:
                 "a template using only {topic}, {module_id}, {1}, {2}, ...",
             ) from None
         except ValueError as exc:
-            raise ConfigError("topics.output", self.output, f"a topic template (not {exc})") from None
+            raise ConfigError(
+                "topics.output", self.output, f"a topic template (this one has {exc})"
+            ) from None
         _require(self.input_qos in (0, 1), "topics.input_qos", self.input_qos, "0 or 1")
         _require(self.output_qos in (0, 1), "topics.output_qos", self.output_qos, "0 or 1")
 

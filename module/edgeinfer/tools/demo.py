@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,9 @@ import numpy as np
 import orjson
 import paho.mqtt.client as paho
 
-from edgeinfer.tools.broker import LocalBroker, free_port, port_open
+from edgeinfer.tools.broker import LocalBroker, port_open
 from edgeinfer.tools.deploy import build_desired, publish_desired
+from edgeinfer.tools.launch import ModuleLauncher
 from edgeinfer.tools.recordings import load_recordings
 from edgeinfer.tools.simulate import connect_client, recording_index, simulate
 
@@ -28,27 +27,6 @@ DEFAULT_MODEL = REPO_MODELS / "har" / "onnx" / "model.onnx"
 # calibrated on the training recordings) by `edgeinfer quantize`.
 UPDATE_MODEL = REPO_MODELS / "har" / "int8-static" / "model.onnx"
 UPDATE_VERSION = "1.1.0"
-
-
-def wait_ready(
-    port: int, timeout: float, proc: subprocess.Popen[bytes], poll_s: float = 0.02
-) -> float:
-    """Poll ``/readyz`` until it answers 200; returns the seconds it took.
-
-    Raises RuntimeError if ``proc`` exits first, TimeoutError after ``timeout``.
-    """
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the module exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(poll_s)
-    raise TimeoutError(f"the module was not ready within {timeout} s")
 
 
 class ResultWatcher:
@@ -110,121 +88,136 @@ class ResultWatcher:
         )
 
 
+@dataclass
+class DemoBroker:
+    """The broker the demo talks to: one already listening on :1883, or one it started."""
+
+    url: str
+    protocol: str
+    started: LocalBroker | None = None
+
+    @classmethod
+    def find_or_start(cls) -> DemoBroker:
+        if port_open("127.0.0.1", 1883):
+            url = "mqtt://127.0.0.1:1883"
+            print(f"[demo] using the broker already listening on {url}")
+            return cls(url, "5")
+        broker = LocalBroker(port=1883, persistence=False).start()
+        # amqtt, the pure-Python fallback, speaks MQTT 3.1.1 only.
+        protocol = "5" if broker.kind == "mosquitto" else "3.1.1"
+        print(f"[demo] started {broker.kind} on {broker.url} (MQTT {protocol})")
+        return cls(broker.url, protocol, broker)
+
+
 def run_demo(duration: float, model: Path | None = None) -> int:
+    """Broker, module, live replay, an over-the-air update and a burst; 0 when all went well."""
     model = model or DEFAULT_MODEL
     if not model.is_file():
         print(f"demo: no sample model at {model}; give --model", file=sys.stderr)
         return 2
-    broker: LocalBroker | None = None
-    protocol = "5"
-    if port_open("127.0.0.1", 1883):
-        url = "mqtt://127.0.0.1:1883"
-        print(f"[demo] using the broker already listening on {url}")
-    else:
-        broker = LocalBroker(port=1883, persistence=False).start()
-        url = broker.url
-        # amqtt, the pure-Python fallback, speaks MQTT 3.1.1 only.
-        protocol = "5" if broker.kind == "mosquitto" else "3.1.1"
-        print(f"[demo] started {broker.kind} on {url} (MQTT {protocol})")
-    state = Path(tempfile.mkdtemp(prefix="edgeinfer-demo-"))
-    http_port = free_port()
-    module_id = f"demo-{os.getpid()}"
-    env = dict(
-        os.environ,
-        EDGEINFER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
-        EDGEINFER_LOG_FORMAT="text",
-        EDGEINFER_LOG_LEVEL="WARNING",
-        EDGEINFER_BROKER_PROTOCOL=protocol,
-        EDGEINFER_UPDATES_PROBATION_S="3",
+    broker = DemoBroker.find_or_start()
+    module = ModuleLauncher(
+        broker.url,
+        model,
+        Path(tempfile.mkdtemp(prefix="edgeinfer-demo-")),
+        f"demo-{os.getpid()}",
+        env={
+            "EDGEINFER_LOG_FORMAT": "text",
+            "EDGEINFER_LOG_LEVEL": "WARNING",
+            "EDGEINFER_BROKER_PROTOCOL": broker.protocol,
+            "EDGEINFER_UPDATES_PROBATION_S": "3",
+        },
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeinfer",
-        "run",
-        "--model",
-        str(model),
-        "--broker",
-        url,
-        "--module-id",
-        module_id,
-        "--state-dir",
-        str(state),
-    ]
-    print(f"[demo] starting the module: edgeinfer run --model {model} --broker {url}")
-    proc = subprocess.Popen(cmd, env=env)
+    print(f"[demo] starting the module: edgeinfer run --model {model} --broker {broker.url}")
     watcher_client: paho.Client | None = None
     try:
-        ready_s = wait_ready(http_port, 30, proc)
+        module.start(timeout=30)
         print(
-            f"[demo] module ready in {ready_s:.2f} s; metrics on http://127.0.0.1:{http_port}/metrics"
+            f"[demo] module ready in {module.ready_s:.2f} s; metrics on "
+            f"http://127.0.0.1:{module.http_port}/metrics"
         )
         rec = load_recordings()
-        truth = [rec.label_names[i] for i in rec.labels]
         live_count = max(1, int(duration * 5))
-        watcher = ResultWatcher(truth, quiet_after=live_count)
+        watcher = ResultWatcher([rec.label_names[i] for i in rec.labels], quiet_after=live_count)
         watcher_client = connect_client(
-            url,
+            broker.url,
             on_message=watcher.on_message,
             subscribe=[
                 "inference/sensors/+/imu",
-                f"edgeinfer/{module_id}/errors",
-                f"edgeinfer/{module_id}/reported",
+                f"edgeinfer/{module.module_id}/errors",
+                f"edgeinfer/{module.module_id}/reported",
             ],
-            protocol=protocol,
+            protocol=broker.protocol,
         )
-        print(
-            f"[demo] replaying {live_count} real BasicMotions recordings at 5/s "
-            f"(sensors/sim1..4/imu):"
-        )
-        half = live_count // 2
-        simulate(url, rate=5, count=half, devices=4, protocol=protocol)
-        _wait_for(lambda: len(watcher.ids) >= half, 5)
-        print(
-            f"[demo] pushing an over-the-air update: edgeinfer deploy --module-id {module_id} "
-            f"--model {UPDATE_MODEL.relative_to(REPO_MODELS.parent)} --version {UPDATE_VERSION}"
-        )
-        watcher.update_started = time.monotonic()
-        publish_desired(url, module_id, build_desired(UPDATE_MODEL, UPDATE_VERSION), protocol)
-        simulate(url, rate=5, count=live_count - half, devices=4, first_id=half, protocol=protocol)
-        _wait_for(lambda: len(watcher.ids) >= live_count, 5)
-        _wait_for(lambda: watcher.update_state in ("active", "failed", "rolled_back"), 10)
-        burst = 2000
-        print(f"[demo] now a burst: {burst} readings at 1000/s ...", flush=True)
-        started = time.monotonic()
-        simulate(url, rate=1000, count=burst, devices=4, first_id=live_count, protocol=protocol)
-        _wait_for(lambda: len(watcher.ids) >= live_count + burst, 15)
-        took = time.monotonic() - started
-        total = live_count + burst
-        lat = np.asarray(watcher.latencies_ms[live_count:] or [float("nan")])
-        print("\n[demo] summary")
-        print(f"  readings sent      {total}")
-        print(
-            f"  results received   {len(watcher.ids)}  (lost {total - len(watcher.ids)}, "
-            f"errors {watcher.errors})"
-        )
-        print(f"  accuracy vs truth  {watcher.correct / max(1, len(watcher.latencies_ms)):.1%}")
-        print(
-            f"  update             har {UPDATE_VERSION} {watcher.update_state or 'no report'} "
-            f"{watcher.update_took:.1f} s after the desired state (probation included)"
-        )
-        print(f"  burst throughput   {burst / took:.0f} readings/s")
-        print(
-            f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
-            f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms"
-        )
-        return 0 if len(watcher.ids) == total and watcher.update_state == "active" else 1
+        _live_replay_with_update(broker, module.module_id, watcher, live_count)
+        burst, took = _burst(broker, watcher, live_count)
+        return _summary(watcher, live_count, burst, took)
     finally:
         if watcher_client is not None:
             watcher_client.disconnect()
             watcher_client.loop_stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if broker is not None:
-            broker.cleanup()
+        module.stop()
+        if broker.started is not None:
+            broker.started.cleanup()
+
+
+def _live_replay_with_update(
+    broker: DemoBroker, module_id: str, watcher: ResultWatcher, live_count: int
+) -> None:
+    print(
+        f"[demo] replaying {live_count} real BasicMotions recordings at 5/s (sensors/sim1..4/imu):"
+    )
+    half = live_count // 2
+    simulate(broker.url, rate=5, count=half, devices=4, protocol=broker.protocol)
+    _wait_for(lambda: len(watcher.ids) >= half, 5)
+    print(
+        f"[demo] pushing an over-the-air update: edgeinfer deploy --module-id {module_id} "
+        f"--model {UPDATE_MODEL.relative_to(REPO_MODELS.parent)} --version {UPDATE_VERSION}"
+    )
+    watcher.update_started = time.monotonic()
+    publish_desired(
+        broker.url, module_id, build_desired(UPDATE_MODEL, UPDATE_VERSION), broker.protocol
+    )
+    simulate(
+        broker.url, rate=5, count=live_count - half, devices=4, first_id=half,
+        protocol=broker.protocol,
+    )  # fmt: skip
+    _wait_for(lambda: len(watcher.ids) >= live_count, 5)
+    _wait_for(lambda: watcher.update_state in ("active", "failed", "rolled_back"), 10)
+
+
+def _burst(broker: DemoBroker, watcher: ResultWatcher, first_id: int) -> tuple[int, float]:
+    burst = 2000
+    print(f"[demo] now a burst: {burst} readings at 1000/s ...", flush=True)
+    started = time.monotonic()
+    simulate(
+        broker.url, rate=1000, count=burst, devices=4, first_id=first_id,
+        protocol=broker.protocol,
+    )  # fmt: skip
+    _wait_for(lambda: len(watcher.ids) >= first_id + burst, 15)
+    return burst, time.monotonic() - started
+
+
+def _summary(watcher: ResultWatcher, live_count: int, burst: int, took: float) -> int:
+    total = live_count + burst
+    lat = np.asarray(watcher.latencies_ms[live_count:] or [float("nan")])
+    print("\n[demo] summary")
+    print(f"  readings sent      {total}")
+    print(
+        f"  results received   {len(watcher.ids)}  (lost {total - len(watcher.ids)}, "
+        f"errors {watcher.errors})"
+    )
+    print(f"  accuracy vs truth  {watcher.correct / max(1, len(watcher.latencies_ms)):.1%}")
+    print(
+        f"  update             har {UPDATE_VERSION} {watcher.update_state or 'no report'} "
+        f"{watcher.update_took:.1f} s after the desired state (probation included)"
+    )
+    print(f"  burst throughput   {burst / took:.0f} readings/s")
+    print(
+        f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
+        f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms"
+    )
+    return 0 if len(watcher.ids) == total and watcher.update_state == "active" else 1
 
 
 def _wait_for(predicate: Any, timeout: float) -> None:

@@ -1,0 +1,180 @@
+"""What each ``edgeinfer`` command does; heavy imports happen inside, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from edgeinfer.config import BrokerConfig
+from edgeinfer.errors import ConfigError
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeinfer.app import run_module
+    from edgeinfer.config import load_config
+    from edgeinfer.observability.logs import configure_logging
+
+    config = load_config(
+        args.config,
+        overrides={
+            "broker.url": args.broker,
+            "model.path": args.model,
+            "module.id": args.module_id,
+            "module.state_dir": args.state_dir,
+        },
+    )
+    configure_logging(config.log.level, config.log.format)
+    return run_module(config)
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.deploy import build_desired, publish_desired
+
+    doc = build_desired(args.model, args.version, args.name, args.url, args.sign_key, args.sequence)
+    publish_desired(broker_settings(args), args.module_id, doc)
+    model = doc["model"]
+    what = (
+        f" sha256 {model['sha256'][:12]}... {model['size']} bytes"
+        if "url" in model
+        else " (stored version)"
+    )
+    signed = ", signed" if "signature" in doc else ""
+    print(
+        f"desired state for {args.module_id}: {model['name']} {model['version']}{what}"
+        f"{signed}, sequence {doc['sequence']}"
+    )
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from edgeinfer.tools.deploy import read_reported
+
+    doc = read_reported(broker_settings(args), args.module_id)
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.simulate import simulate
+
+    if args.rate < 0 or args.count < 0 or args.devices < 1:
+        raise ConfigError(
+            "--rate/--count/--devices",
+            (args.rate, args.count, args.devices),
+            "rate >= 0, count >= 0, devices >= 1",
+        )
+    broker = broker_settings(args)
+    sent = simulate(
+        broker, args.rate, args.count, args.topic, args.devices, args.qos, protocol=args.protocol
+    )
+    print(f"sent {sent} readings to {broker.url}")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.demo import run_demo
+
+    return run_demo(args.duration, args.model)
+
+
+def broker_settings(args: argparse.Namespace) -> BrokerConfig:
+    """[broker] settings as the module resolves them, with --broker over the URL."""
+    from edgeinfer.config import load_config
+
+    return load_config(args.config, overrides={"broker.url": args.broker}).broker
+
+
+def health(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from edgeinfer.config import load_config
+
+    config = load_config(args.config)
+    if not config.http.listen:
+        raise ConfigError("http.listen", "", "an address: the health endpoint is disabled")
+    host, port = config.http.address
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    url = f"http://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(), file=sys.stderr)
+    except OSError as exc:
+        print(f"edgeinfer: {url} does not answer: {exc}", file=sys.stderr)
+    return 1
+
+
+def _show(args: argparse.Namespace, doc: object, text: str) -> None:
+    import orjson
+
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.json else text)
+
+
+def inspect(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.modelinfo import (
+        build_manifest,
+        describe,
+        open_model,
+        read_labels,
+        sample_reading,
+    )
+
+    info = describe(args.model)
+    _show(args, info.as_dict(), info.text())
+    if args.manifest:
+        import orjson
+
+        labels = read_labels(args.labels) if args.labels else []
+        model, _ = open_model(args.model)
+        reading = sample_reading(model, args.sample)
+        model.close()
+        manifest = build_manifest(
+            args.model, args.name or args.model.stem, args.version, labels, reading
+        )
+        args.manifest.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        if not args.json:
+            print(f"manifest written to {args.manifest}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.modelbench import bench_models, results_json, results_table
+
+    results = bench_models(
+        args.models, args.batch, args.runs, args.warmup, args.threads, args.input
+    )
+    _show(args, results_json(results), results_table(results))
+    return 0
+
+
+def quantize(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.quantize import quantize as run_quantize
+    from edgeinfer.tools.quantize import report_json
+
+    report = run_quantize(
+        args.model,
+        args.out,
+        args.mode,
+        args.calibration,
+        args.eval,
+        args.min_accuracy_retention,
+        args.method,
+        args.per_channel,
+        args.version,
+    )
+    written = f"\nwritten: {args.out} and {args.out.parent / 'manifest.json'}"
+    _show(args, report_json(report), report.text() + written)
+    return 0
+
+
+#: Every command, by the name it is typed as.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": run, "deploy": deploy, "status": status, "health": health,
+    "simulate": simulate, "demo": demo, "inspect": inspect, "bench": bench, "quantize": quantize,
+}  # fmt: skip
