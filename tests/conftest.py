@@ -12,6 +12,7 @@ import pytest
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings, load_recordings
 from tests.support import ModuleProcess
+from tests.updates_support import ModelServer, Rig
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +76,17 @@ def multi_input_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("multi") / "model.onnx"
     path.write_bytes(model.SerializeToString())
     return path
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    srv = ModelServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def rig(broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]) -> Iterator[Rig]:
+    r = Rig(broker, tmp_path, modules)
+    yield r
+    r.close()

@@ -78,11 +78,6 @@ def test_environment_lists_are_comma_separated_and_booleans_are_words() -> None:
             "{1}, {2}, ...",
         ),
         (
-            {"EDGEINFER_PIPELINE_MAXBATCH": "3"},
-            "EDGEINFER_PIPELINE_MAXBATCH = '3': expected a known key of [pipeline]: max_batch, "
-            "max_delay_ms, queue_size, max_payload_bytes, allow_non_finite",
-        ),
-        (
             {"EDGEINFER_MODULE_ID": "../etc"},
             "module.id = '../etc': expected 1-64 characters of letters, digits, '_', '-', '.', "
             "starting with a letter or digit",
@@ -168,3 +163,56 @@ def test_the_cli_exits_2_naming_the_bad_key_and_value(tmp_path: Path) -> None:
     assert "gone.onnx': expected an existing ONNX or TFLite model file" in stale.stderr
     usage = run_cli("run", "--bogus")
     assert usage.returncode == 2
+
+
+def test_environment_variables_that_are_not_settings_are_ignored_near_misses_warned() -> None:
+    warnings: list[str] = []
+    config = load_config(
+        env={
+            "EDGEINFER_SERVICE_HOST": "10.0.0.7",  # Kubernetes, for a Service named edgeinfer
+            "EDGEINFER_PORT_9108_TCP": "tcp://10.0.0.7:9108",
+            "EDGEINFER_HTTP_SERVICE_PORT": "9108",
+            "EDGEINFER_PIPELINE_MAXBATCH": "3",
+            "EDGEINFER_BROKER_PASWORD": "hunter2",
+        },
+        warnings=warnings,
+    )
+    assert config.pipeline.max_batch == 32
+    assert sorted(warnings) == [
+        "EDGEINFER_BROKER_PASWORD is not a setting (did you mean EDGEINFER_BROKER_PASSWORD?); "
+        "ignored",
+        "EDGEINFER_PIPELINE_MAXBATCH is not a setting (did you mean "
+        "EDGEINFER_PIPELINE_MAX_BATCH?); ignored",
+    ]
+    assert not any("hunter2" in w for w in warnings)
+
+
+def test_a_password_set_in_a_higher_layer_replaces_both_password_keys_below(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("from-file\n")
+    toml = tmp_path / "c.toml"
+    toml.write_text('[broker]\nusername = "gw"\npassword = "in-the-toml"\n')
+    config = load_config(toml, env={"EDGEINFER_BROKER_PASSWORD_FILE": str(secret)})
+    assert (config.broker.password, config.broker.resolved_password()) == ("", "from-file")
+    toml.write_text(f'[broker]\nusername = "gw"\npassword_file = "{secret}"\n')
+    config = load_config(toml, env={"EDGEINFER_BROKER_PASSWORD": "from-env"})
+    assert config.broker.resolved_password() == "from-env"
+
+
+def test_credentials_in_the_broker_url_are_used_and_never_shown() -> None:
+    config = load_config(env={"EDGEINFER_BROKER_URL": "mqtts://alice:s%40cret@broker:8883"})
+    assert config.broker.username == "alice"
+    assert config.broker.resolved_password() == "s@cret"
+    assert config.broker.display_url == "mqtts://broker:8883"
+    assert "s%40cret" not in repr(config) and "s@cret" not in repr(config)
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            env={"EDGEINFER_BROKER_URL": "mqtt://alice:pw@h", "EDGEINFER_BROKER_USERNAME": "bob"}
+        )
+    assert "pw" not in str(info.value)
+    assert str(info.value) == (
+        "broker.url = 'mqtt://alice:***@h': expected credentials either in the URL or in "
+        "broker.username/password, not both"
+    )

@@ -133,3 +133,60 @@ def test_integer_inputs_refuse_fractions_and_out_of_range_values() -> None:
     assert dec.decode(b"[3.0]").feeds["k"].tolist() == [[3]]
     with pytest.raises(ReadingError, match=r"holds values outside int8 range \[-128, 127\]"):
         dec.decode(b"[300]")
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def refusal(decoder: Decoder, payload: bytes) -> tuple[str, str]:
+    with pytest.raises(ReadingError) as info:
+        decoder.decode(payload)
+    return info.value.code, info.value.reason
+
+
+def test_a_cast_that_would_change_a_value_is_refused_naming_the_range() -> None:
+    f32 = Decoder((TensorSpec("x", np.dtype(np.float32), (None, 2)),), 10_000)
+    assert refusal(f32, b'{"features": [1e39, 1]}') == (
+        "wrong_dtype",
+        "input 'x' holds values outside float32 range [-3.4028235e+38, 3.4028235e+38]",
+    )
+    np.testing.assert_array_equal(
+        f32.decode(b"[3e38, -3e38]").feeds["x"], np.array([[3e38, -3e38]], np.float32)
+    )
+    i32 = Decoder((TensorSpec("k", np.dtype(np.int32), (None, 1)),), 10_000)
+    outside = "input 'k' holds values outside int32 range [-2147483648, 2147483647]"
+    assert refusal(i32, npy(np.array([2147483648.0], np.float32))) == ("wrong_dtype", outside)
+    assert refusal(i32, b"[2147483648]") == ("wrong_dtype", outside)
+    assert refusal(i32, b"[-2147483649.0]") == ("wrong_dtype", outside)
+    assert i32.decode(b"[2147483647]").feeds["k"].tolist() == [[2147483647]]
+    assert i32.decode(b"[-2147483648.0]").feeds["k"].tolist() == [[-2147483648]]
+    i64 = Decoder((TensorSpec("n", np.dtype(np.int64), (None, 1)),), 10_000)
+    assert refusal(i64, b"[9.3e18]")[0] == "wrong_dtype"
+    assert refusal(i64, npy(np.array([2**64 - 1], np.uint64)))[0] == "wrong_dtype"
+    assert i64.decode(b"[9223372036854775807]").feeds["n"].tolist() == [[2**63 - 1]]
+    u8 = Decoder((TensorSpec("b", np.dtype(np.uint8), (None, 1)),), 10_000)
+    assert refusal(u8, b"[256]")[0] == "wrong_dtype"
+    assert refusal(u8, b"[-1]")[0] == "wrong_dtype"
+    assert u8.decode(b"[255]").feeds["b"].tolist() == [[255]]
+
+
+def test_an_npy_header_that_declares_more_than_the_payload_carries_is_refused() -> None:
+    decoder = Decoder((TensorSpec("x", np.dtype(np.float32), (None, 2)),), 10_000)
+    whole = npy(np.zeros((1, 2), np.float32))
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = (10**6, 10**6)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    assert refusal(decoder, buf.getvalue() + b"\x00" * 16) == (
+        "bad_npy",
+        ".npy header declares shape [1000000, 1000000] of float32 (4000000000000 bytes) "
+        "but the payload carries 16: expected a whole array saved with numpy.save",
+    )
+    assert refusal(decoder, whole[:-1])[0] == "bad_npy"
+    code, reason = refusal(decoder, npy(np.array([{"a": 1}], dtype=object)))
+    assert code == "bad_npy"
+    assert "object" in reason
+    assert decoder.decode(whole).feeds["x"].shape == (1, 2)

@@ -9,19 +9,23 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-import pytest
 
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
-from tests.support import ONNX_MODEL, TFLITE_MODEL, Collector, ModuleProcess, Publisher
+from tests.support import ONNX_MODEL, TFLITE_MODEL, ModuleProcess
 from tests.updates_support import (
+    HAR_LABELS,
+    HAR_SELF_TEST,
+    JUNK,
+    ONNX,
+    TFLITE,
     ModelServer,
+    Rig,
     desired_for,
     nan_below_model,
     nan_model,
@@ -30,73 +34,6 @@ from tests.updates_support import (
     wait_reported_after,
     wrong_shape_model,
 )
-
-UPDATE_ENV = {
-    "EDGEINFER_UPDATES_PROBATION_S": "0.5",
-    "EDGEINFER_UPDATES_DOWNLOAD_TIMEOUT_S": "1",
-    "EDGEINFER_UPDATES_DOWNLOAD_RETRIES": "1",
-    "EDGEINFER_UPDATES_ALLOW_HTTP": "true",
-}
-TFLITE = TFLITE_MODEL.read_bytes()
-ONNX = ONNX_MODEL.read_bytes()
-HAR_MANIFEST = orjson.loads((TFLITE_MODEL.parent / "manifest.json").read_bytes())
-HAR_SELF_TEST = HAR_MANIFEST["self_test"]
-HAR_LABELS = HAR_MANIFEST["labels"]
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    srv = ModelServer()
-    yield srv
-    srv.close()
-
-
-class Rig:
-    """A module on probation-short settings, a sink on its topics, a publisher."""
-
-    def __init__(
-        self, broker: LocalBroker, tmp: Path, modules: list[ModuleProcess], **env: str
-    ) -> None:
-        self.module = ModuleProcess(broker.url, ONNX_MODEL, tmp, env={**UPDATE_ENV, **env})
-        modules.append(self.module)
-        self.module.start()
-        mid = self.module.module_id
-        self.sink = Collector(
-            broker.url,
-            [f"edgeinfer/{mid}/reported", self.module.result_topic("+"), self.module.errors_topic],
-        )
-        self.pub = Publisher(broker.url)
-        self.desired_topic = f"edgeinfer/{mid}/desired"
-
-    def desire(self, doc: dict[str, Any] | bytes) -> None:
-        self.pub.send(self.desired_topic, doc, retain=True)
-        self.pub.flush()
-
-    def reading(self, recordings: Recordings, i: int) -> None:
-        self.pub.send(
-            self.module.topic("imu"), {"id": i, "features": recordings.windows[i % 40].tolist()}
-        )
-
-    def results(self) -> list[dict[str, Any]]:
-        return self.sink.docs("/inference/")
-
-    @property
-    def store(self) -> Path:
-        return self.module.state_dir
-
-    def link(self, which: str) -> str:
-        return os.readlink(self.store / which)
-
-    def close(self) -> None:
-        self.sink.close()
-        self.pub.close()
-
-
-@pytest.fixture
-def rig(broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]) -> Iterator[Rig]:
-    r = Rig(broker, tmp_path, modules)
-    yield r
-    r.close()
 
 
 def test_an_update_over_http_reports_each_step_and_swaps_the_model_in(
@@ -168,9 +105,6 @@ def test_a_module_killed_mid_download_resumes_it_after_restart(
     wait_reported(rig.sink, update_is("active", "1.1.0"), timeout=20)
     assert "bytes=6000-" in server.files["/slow.tflite"].ranges
     assert rig.link("current") == "models/har/1.1.0"
-
-
-JUNK = b"\x08\x07 this is not a model at all" * 10
 
 
 def bad_cases(server: ModelServer) -> list[tuple[Any, str]]:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from tests.support import Collector
+from edgeinfer.tools.broker import LocalBroker
+from edgeinfer.tools.recordings import Recordings
+from tests.support import ONNX_MODEL, TFLITE_MODEL, Collector, ModuleProcess, Publisher
 
 
 @dataclass
@@ -203,4 +208,93 @@ def nan_below_model(threshold: float) -> bytes:
         [("probabilities", ["batch", 1])],
         [numpy_helper.from_array(np.array([1], np.int64), "one"),
          numpy_helper.from_array(np.array(threshold, np.float32), "t")],
+    )  # fmt: skip
+
+
+UPDATE_ENV = {
+    "EDGEINFER_UPDATES_PROBATION_S": "0.5",
+    "EDGEINFER_UPDATES_DOWNLOAD_TIMEOUT_S": "1",
+    "EDGEINFER_UPDATES_DOWNLOAD_RETRIES": "1",
+    "EDGEINFER_UPDATES_ALLOW_HTTP": "true",
+}
+TFLITE = TFLITE_MODEL.read_bytes()
+ONNX = ONNX_MODEL.read_bytes()
+HAR_MANIFEST = orjson.loads((TFLITE_MODEL.parent / "manifest.json").read_bytes())
+HAR_SELF_TEST = HAR_MANIFEST["self_test"]
+HAR_LABELS = HAR_MANIFEST["labels"]
+JUNK = b"\x08\x07 this is not a model at all" * 10
+
+
+class Rig:
+    """A module on probation-short settings, a sink on its topics, a publisher."""
+
+    def __init__(
+        self, broker: LocalBroker, tmp: Path, modules: list[ModuleProcess], **env: str
+    ) -> None:
+        module = ModuleProcess(broker.url, ONNX_MODEL, tmp, env={**UPDATE_ENV, **env})
+        modules.append(module)
+        self._attach(module.start(), broker)
+
+    @classmethod
+    def around(cls, module: ModuleProcess, broker: LocalBroker) -> Rig:
+        """A rig for a module the test started itself."""
+        rig = cls.__new__(cls)
+        rig._attach(module, broker)
+        return rig
+
+    def _attach(self, module: ModuleProcess, broker: LocalBroker) -> None:
+        self.module = module
+        mid = self.module.module_id
+        self.sink = Collector(
+            broker.url,
+            [f"edgeinfer/{mid}/reported", self.module.result_topic("+"), self.module.errors_topic],
+        )
+        self.pub = Publisher(broker.url)
+        self.desired_topic = f"edgeinfer/{mid}/desired"
+
+    def desire(self, doc: dict[str, Any] | bytes) -> None:
+        self.pub.send(self.desired_topic, doc, retain=True)
+        self.pub.flush()
+
+    def reading(self, recordings: Recordings, i: int) -> None:
+        self.pub.send(
+            self.module.topic("imu"), {"id": i, "features": recordings.windows[i % 40].tolist()}
+        )
+
+    def results(self) -> list[dict[str, Any]]:
+        return self.sink.docs("/inference/")
+
+    @property
+    def store(self) -> Path:
+        return self.module.state_dir
+
+    def link(self, which: str) -> str:
+        return os.readlink(self.store / which)
+
+    def close(self) -> None:
+        self.sink.close()
+        self.pub.close()
+
+
+def slow_model(hidden: int = 1024, seed: int = 0) -> bytes:
+    """An MLP over the HAR window (600 -> hidden -> hidden -> 4, softmax): ~1 ms a reading."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name
+        )
+        for name, shape in (("w1", (600, hidden)), ("w2", (hidden, hidden)), ("w3", (hidden, 4)))
+    ]
+    return onnx_model(
+        [helper.make_node("Reshape", ["window", "flat"], ["x"]),
+         helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+         helper.make_node("Relu", ["h1"], ["r1"]),
+         helper.make_node("MatMul", ["r1", "w2"], ["h2"]),
+         helper.make_node("Relu", ["h2"], ["r2"]),
+         helper.make_node("MatMul", ["r2", "w3"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+        [("probabilities", ["batch", 4])],
+        [numpy_helper.from_array(np.array([-1, 600], np.int64), "flat"), *weights],
     )  # fmt: skip

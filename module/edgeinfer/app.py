@@ -64,10 +64,10 @@ class EdgeInferModule:
             output=config.topics.output_template,
             module_id=mid,
         )
-        responder = Responder(
+        self.responder = Responder(
             self.connection, self.metrics, module_topic(mid, "errors"), config.topics.output_qos
         )
-        self.engine = Engine(loaded, settings, responder, self.metrics)
+        self.engine = Engine(loaded, settings, self.responder, self.metrics)
         reporter = Reporter(mid, self.store, self._publish_reported)
         self.updater = Updater(
             config.updates,
@@ -107,9 +107,12 @@ class EdgeInferModule:
         )
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when connected to the broker and a model is active."""
+        """Ready when connected to the broker, a model is active and answers are taken."""
         if not self.connection.connected:
             return False, f"not connected to the broker: {self.connection.last_error}"
+        refusing = self.responder.refusing
+        if refusing is not None:
+            return False, refusing
         return True, "ok"
 
     # -- lifecycle -----------------------------------------------------------------
@@ -138,12 +141,14 @@ class EdgeInferModule:
             self.engine.submit,
             control={module_topic(mid, "desired"): self.updater.submit_desired},
             on_state=self._on_broker_state,
+            retained=self.config.topics.retained,
         )
 
     def stop(self) -> None:
         """Drain and disconnect; bounded by ``module.shutdown_timeout_s``."""
         deadline = time.monotonic() + self.config.module.shutdown_timeout_s
         self.connection.stop_intake()
+        self.responder.close()
         if self.watcher is not None:
             self.watcher.stop()
         self.updater.stop(timeout=1.0)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError
+
+log = logging.getLogger("edgeinfer")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeinfer.config import load_config
     from edgeinfer.observability.logs import configure_logging
 
+    warnings: list[str] = []
     config = load_config(
         args.config,
         overrides={
@@ -23,8 +27,11 @@ def run(args: argparse.Namespace) -> int:
             "module.id": args.module_id,
             "module.state_dir": args.state_dir,
         },
+        warnings=warnings,
     )
     configure_logging(config.log.level, config.log.format)
+    for warning in warnings:
+        log.warning("%s", warning)
     return run_module(config)
 
 

@@ -13,11 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from edgeinfer.errors import ConfigError
 from edgeinfer.topics import TemplatePlaceholderError, TopicTemplate, valid_filter
 
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _BROKER_SCHEMES = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
@@ -34,8 +35,17 @@ class ModuleConfig:
     id: str = "edgeinfer"
     state_dir: str = "./state"
     shutdown_timeout_s: float = 5.0
+    labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key, value in self.labels.items():
+            _require(
+                bool(_LABEL_RE.match(key)) and isinstance(value, str) and len(value) <= 128,
+                "module.labels",
+                {key: value},
+                "names of letters, digits, '_', '-', '.' with string values (at most 128 "
+                "characters)",
+            )
         _require(
             bool(_ID_RE.match(self.id)),
             "module.id",
@@ -82,7 +92,7 @@ class BrokerConfig:
     protocol: str = "5"
     client_id: str = ""
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     password_file: str = ""
     keepalive_s: int = 30
     session_expiry_s: int = 86400
@@ -95,6 +105,7 @@ class BrokerConfig:
     tls_verify: bool = True
 
     def __post_init__(self) -> None:
+        self._take_url_credentials()
         parts = urlsplit(self.url)
         _require(
             parts.scheme in _BROKER_SCHEMES and bool(parts.hostname),
@@ -142,6 +153,29 @@ class BrokerConfig:
             "either password or password_file, not both",
         )
 
+    def _take_url_credentials(self) -> None:
+        """``mqtt://user:password@host``: used as username and password, then cut from the URL."""
+        parts = urlsplit(self.url)
+        if parts.username is None and parts.password is None:
+            return
+        port = f":{_port_of(parts)}" if _port_of(parts) else ""
+        shown = parts._replace(netloc=f"{parts.username or ''}:***@{parts.hostname}{port}").geturl()
+        _require(
+            not (self.username or self.password or self.password_file),
+            "broker.url",
+            shown,
+            "credentials either in the URL or in broker.username/password, not both",
+        )
+        # frozen: set through object.__setattr__, once, during construction
+        object.__setattr__(self, "username", unquote(parts.username or ""))
+        object.__setattr__(self, "password", unquote(parts.password or ""))
+        object.__setattr__(self, "url", parts._replace(netloc=f"{parts.hostname}{port}").geturl())
+
+    @property
+    def display_url(self) -> str:
+        """The URL as logs and /readyz show it (never with credentials)."""
+        return self.url
+
     @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or "localhost"
@@ -175,8 +209,16 @@ class TopicsConfig:
     output: str = "inference/{topic}"
     input_qos: int = 1
     output_qos: int = 1
+    retained: str = "ignore"
 
     def __post_init__(self) -> None:
+        _require(
+            self.retained in ("ignore", "once"),
+            "topics.retained",
+            self.retained,
+            '"ignore" (retained readings are not answered) or "once" (answered once, '
+            "when the subscription is new)",
+        )
         _require(
             len(self.inputs) > 0 and all(self.inputs),
             "topics.inputs",
@@ -248,6 +290,8 @@ class UpdatesConfig:
 
     trusted_keys: list[str] = field(default_factory=list)
     allow_http: bool = False
+    file_roots: list[str] = field(default_factory=list)
+    ca_file: str = ""
     max_download_bytes: int = 268_435_456
     download_timeout_s: float = 15.0
     download_retries: int = 3
@@ -260,6 +304,13 @@ class UpdatesConfig:
     watch: bool = True
 
     def __post_init__(self) -> None:
+        for root in self.file_roots:
+            _require(
+                Path(root).is_absolute(),
+                "updates.file_roots",
+                root,
+                "absolute directory paths that file:// model URLs may point into",
+            )
         _require(
             self.max_download_bytes > 0,
             "updates.max_download_bytes",
@@ -366,6 +417,13 @@ class Config:
     @property
     def client_id(self) -> str:
         return self.broker.client_id or f"edgeinfer-{self.module.id}"
+
+
+def _port_of(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        return None
 
 
 SECTIONS: dict[str, type[Any]] = {

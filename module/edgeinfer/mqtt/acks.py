@@ -46,11 +46,12 @@ class AckTracker:
         self._pending: deque[Ticket] = deque()
         self._epoch = 0
 
-    def new_epoch(self) -> None:
-        """Forget every pending ticket: a new connection has been made."""
+    def new_epoch(self) -> int:
+        """Forget every pending ticket (a connection ended, or began); returns the new epoch."""
         with self._lock:
             self._epoch += 1
             self._pending.clear()
+            return self._epoch
 
     def register(self, mid: int, qos: int) -> Ticket:
         """Record a reading just received on the current connection."""

@@ -33,12 +33,14 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.mqtt.acks import AckTracker
+from edgeinfer.mqtt.acks import AckTracker, Ticket
+from edgeinfer.mqtt.outbox import Outbox, refusal
 from edgeinfer.mqtt.security import apply_security
 from edgeinfer.pipeline.message import Message, Outcome
 
@@ -93,9 +95,6 @@ class MqttConnection:
         paho_log = logging.getLogger("edgeinfer.paho")
         paho_log.addFilter(self._watch_paho_log)
         self._client.enable_logger(paho_log)
-        # Many answers in flight at once; acks come back through on_publish.
-        self._client.max_inflight_messages_set(max(20, config.receive_maximum))
-        self._client.max_queued_messages_set(0)
         self._client.will_set(status_topic, orjson.dumps({"state": "offline"}), qos=1, retain=True)
         apply_security(self._client, config)
         self._client.on_connect = self._on_connect
@@ -104,6 +103,14 @@ class MqttConnection:
         self._client.on_publish = self._on_publish
         self._client.on_socket_open = self._on_socket_open
         self._tracker = AckTracker(self._client.ack)
+        # Many answers in flight at once (at most the broker's Receive Maximum).
+        self._outbox = Outbox(self._client, max(20, config.receive_maximum), self._is_stale)
+        # epoch -> True when that connection's unacked readings come again (the
+        # session survived), decided at the next CONNACK; see Outbox.
+        self._redelivered: dict[int, bool] = {}
+        self._decided_below = 0
+        self._session_present = False
+        self._retained = "ignore"
         self._accepting = True
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -114,11 +121,6 @@ class MqttConnection:
         self._connected_once_this_attempt = False
         self._paho_problem = ""  # paho's last ERROR log line on this attempt
         self.last_error = "not connected yet"
-        # mid -> callback; a PUBACK can overtake publish() returning, so an
-        # ack for an unknown mid is parked in _early until its publish lands.
-        self._callbacks: dict[int, Outcome | None] = {}
-        self._early: set[int] = set()
-        self._pub_lock = threading.Lock()
 
     def _watch_paho_log(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -140,6 +142,7 @@ class MqttConnection:
         on_reading: Callable[[Message], None],
         control: dict[str, Callable[[bytes], None]] | None = None,
         on_state: Callable[[bool], None] | None = None,
+        retained: str = "ignore",
     ) -> None:
         """Start connecting in the background; returns at once.
 
@@ -150,7 +153,11 @@ class MqttConnection:
                 handlers; a handler only queues the payload, so the message is
                 acknowledged at once.
             on_state: called with True on each connection, False when it is lost.
+            retained: ``ignore``: retained readings (the copies a broker keeps) are
+                never answered; ``once``: answered when the subscription is new,
+                not again after each reconnect.
         """
+        self._retained = retained
         self._control = dict(control or {})
         self._subscriptions = list(inputs) + [(t, 1) for t in self._control]
         self._sink = on_reading
@@ -231,6 +238,7 @@ class MqttConnection:
                 self._lost.set()
             self._lost.wait()
             self._client.loop_stop()
+            self._outbox.reclaim()
             if self._stopping.is_set():
                 break
             attempt = 0 if self._connected_once_this_attempt else attempt + 1
@@ -267,16 +275,22 @@ class MqttConnection:
             log.error("%s", self.last_error)
             return
         self._connected_once_this_attempt = True
-        self._tracker.new_epoch()
+        self._session_present = bool(getattr(flags, "session_present", False))
+        epoch = self._tracker.new_epoch()
+        for old in range(self._decided_below, epoch):
+            self._redelivered[old] = self._session_present
+        self._decided_below = epoch
+        for old in [e for e in self._redelivered if e < epoch - 1000]:
+            del self._redelivered[old]
+        self._outbox.on_connect(getattr(properties, "ReceiveMaximum", None))
         for flt, qos in self._subscriptions:
-            client.subscribe(flt, qos=qos)
+            if self._v5:
+                client.subscribe(flt, options=self._subscribe_options(flt, qos))
+            else:
+                client.subscribe(flt, qos=qos)
         self.publish(self._status_topic, orjson.dumps({"state": "online"}), qos=1, retain=True)
         self._connected.set()
-        log.info(
-            "connected to %s (session present: %s)",
-            self._config.url,
-            bool(getattr(flags, "session_present", False)),
-        )
+        log.info("connected to %s (session present: %s)", self._config.url, self._session_present)
         if self._on_state:
             self._on_state(True)
 
@@ -290,6 +304,7 @@ class MqttConnection:
         # epoch would carry an old packet id onto the new connection, where it
         # would acknowledge some other reading.
         self._tracker.new_epoch()
+        self._outbox.on_disconnect()
         if not self._stopping.is_set() and was_connected:
             self.last_error = f"disconnected: {reason}"
         elif not self._stopping.is_set() and not self._answered.is_set():
@@ -312,6 +327,10 @@ class MqttConnection:
             handler(bytes(msg.payload))
             self._tracker.complete(ticket)
             return
+        if msg.retain and not self._wants_retained():
+            # A stored copy sent because we (re)subscribed, answered before.
+            self._tracker.complete(ticket)
+            return
         payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
         self._sink(
             Message(
@@ -327,14 +346,31 @@ class MqttConnection:
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
-        with self._pub_lock:
-            if mid in self._callbacks:
-                callback = self._callbacks.pop(mid)
-            else:
-                self._early.add(mid)
-                return
-        if callback is not None:
-            callback(None)
+        self._outbox.on_publish(mid, refusal(reason))
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _subscribe_options(self, flt: str, qos: int) -> SubscribeOptions:
+        if flt in self._control:
+            return SubscribeOptions(qos=qos)
+        # MQTT 5 retain handling: 2 sends no stored copies at all, 1 only when
+        # the subscription is new (not when a persistent session resumes).
+        handling = 2 if self._retained == "ignore" else 1
+        return SubscribeOptions(qos=qos, retainHandling=handling)
+
+    def _wants_retained(self) -> bool:
+        """Whether a retained reading (a stored copy, never a live one) is answered."""
+        # MQTT 5 lets the broker apply the rule; 3.1.1 resends stored copies on
+        # every subscribe, and a resumed session means it was sent before.
+        return self._retained == "once" and not (not self._v5 and self._session_present)
+
+    def _is_stale(self, token: object) -> bool:
+        """True for an answer to a QoS 1 reading the broker will redeliver (see Outbox)."""
+        return (
+            isinstance(token, Ticket)
+            and token.qos > 0
+            and self._redelivered.get(token.epoch, False)
+        )
 
     # -- publishing (any thread) ------------------------------------------------
 
@@ -347,26 +383,14 @@ class MqttConnection:
         on_done: Outcome | None = None,
         token: object = None,
     ) -> None:
-        """Queue a message; ``on_done`` runs once the broker has it (PUBACK, or sent for QoS 0).
+        """Queue a message; ``on_done`` gets None once the broker has it (PUBACK, or sent for
+        QoS 0), or the broker's reason when it refuses it (MQTT 5 PUBACK >= 0x80).
 
-        QoS 1 messages published while disconnected stay queued in paho and
-        are sent after the reconnect.
+        Messages published while disconnected are kept, in order, and sent after
+        the reconnect (QoS 0 ones are dropped). Raises ValueError for a topic or
+        payload MQTT cannot carry.
         """
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and qos == 0:
-            # A QoS 0 message is dropped when offline; its callback would never run.
-            if on_done is not None:
-                on_done(None)
-            return
-        with self._pub_lock:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-                run_now = True
-            else:
-                self._callbacks[info.mid] = on_done
-                run_now = False
-        if run_now and on_done is not None:
-            on_done(None)
+        self._outbox.publish(topic, payload, qos, retain, on_done, token)
 
 
 def _refuse(message: Message) -> None:

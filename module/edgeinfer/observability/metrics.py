@@ -25,6 +25,12 @@ class Metrics:
         self.reading_errors = Counter(
             "edgeinfer_reading_errors", "Readings rejected, by reason", ["reason"], registry=r
         )
+        self.publish_refused = Counter(
+            "edgeinfer_publish_refused",
+            "Answers the broker refused (MQTT 5 PUBACK >= 0x80), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.inference_seconds = Histogram(
             "edgeinfer_inference_seconds",
             "Model run time per batch",

@@ -14,19 +14,16 @@ several rows (a leading batch dimension) when the model's batch is dynamic.
 
 from __future__ import annotations
 
-import io
-import math
-import typing
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from edgeinfer.errors import ReadingError
+from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
+from edgeinfer.pipeline.npy import load_npy
+from edgeinfer.pipeline.tensors import as_numeric_array, cast, fit_shape
 from edgeinfer.runtimes.base import Array, TensorSpec
-
-NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class Decoder:
                 _peek_id(payload),
             )
         if payload.startswith(NPY_MAGIC):
-            return self._from_arrays({self._single_input().name: _load_npy(payload)})
+            return self._from_arrays({self._single_input().name: load_npy(payload)})
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -146,13 +143,8 @@ class Decoder:
         return Reading(feeds, next(iter(rows.values())), rid, ts)
 
     def _to_tensor(self, spec: TensorSpec, value: Any) -> Array:
-        arr = _as_numeric_array(spec, value)
-        if arr.dtype.kind == "f" and not self._allow_non_finite and not np.isfinite(arr).all():
-            raise ReadingError(
-                "not_finite", f"input {spec.name!r} holds NaN or infinity: expected finite numbers"
-            )
-        arr = _cast(spec, arr)
-        return _fit_shape(spec, arr)
+        arr = as_numeric_array(spec, value)
+        return fit_shape(spec, cast(spec, arr, self._allow_non_finite))
 
 
 def _peek_id(payload: bytes) -> object:
@@ -164,129 +156,3 @@ def _peek_id(payload: bytes) -> object:
     except orjson.JSONDecodeError:
         return None
     return doc.get("id") if isinstance(doc, dict) else None
-
-
-def _load_npy(payload: bytes) -> Array:
-    try:
-        arr = np.load(io.BytesIO(payload), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ReadingError(
-            "bad_npy",
-            f"cannot read .npy payload ({exc}): expected a "
-            "numeric array saved with numpy.save, without pickle",
-        ) from exc
-    return np.asarray(arr)
-
-
-def _as_numeric_array(spec: TensorSpec, value: Any) -> Array:
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except ValueError as exc:  # ragged nesting
-            raise ReadingError(
-                "wrong_shape",
-                f"input {spec.name!r} is a ragged array: expected "
-                f"a rectangular array of shape {_fmt(spec.sample_shape)}",
-            ) from exc
-    if arr.dtype.kind not in "biuf":
-        raise ReadingError(
-            "wrong_dtype",
-            f"input {spec.name!r} holds {_kind_name(arr)}: expected numbers for {spec.dtype.name}",
-        )
-    return arr
-
-
-def _cast(spec: TensorSpec, arr: Array) -> Array:
-    target = spec.dtype
-    if arr.dtype == target:
-        return arr
-    if target.kind in "iu":
-        if arr.dtype.kind == "f" and not (
-            np.isfinite(arr).all() and np.equal(np.mod(arr, 1), 0).all()
-        ):
-            raise ReadingError(
-                "wrong_dtype",
-                f"input {spec.name!r} holds non-integer values: "
-                f"expected integers for {target.name}",
-            )
-        info = np.iinfo(typing.cast("np.dtype[np.integer[Any]]", target))
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise ReadingError(
-                "wrong_dtype",
-                f"input {spec.name!r} holds values outside "
-                f"{target.name} range [{info.min}, {info.max}]",
-            )
-    elif target.kind == "b" and arr.dtype.kind != "b":
-        raise ReadingError(
-            "wrong_dtype",
-            f"input {spec.name!r} holds {arr.dtype.name}: expected booleans (true/false)",
-        )
-    return arr.astype(target, copy=False)
-
-
-def _fit_shape(spec: TensorSpec, arr: Array) -> Array:
-    """Reshape ``arr`` to ``[rows, *sample_shape]`` or raise naming the expected shape."""
-    sample = spec.sample_shape
-    if spec.batch_dim == "none":
-        if _matches(arr.shape, sample):
-            return arr[np.newaxis]
-        if _static_size(sample) == arr.size:
-            return arr.reshape((1, *_ints(sample)))
-        raise _shape_error(spec, arr)
-    if _matches(arr.shape, sample):
-        arr = arr[np.newaxis]
-    elif arr.ndim == len(sample) + 1 and _matches(arr.shape[1:], sample):
-        pass
-    else:
-        size = _static_size(sample)
-        if size is None or size == 0 or arr.size % size:
-            raise _shape_error(spec, arr)
-        arr = arr.reshape((arr.size // size, *_ints(sample)))
-    if len(arr) == 0:
-        raise _shape_error(spec, arr)
-    if spec.batch_dim == "fixed" and len(arr) != 1:
-        raise ReadingError(
-            "wrong_shape",
-            f"input {spec.name!r} got {len(arr)} rows: the model "
-            f"takes one sample of shape {_fmt(sample)} at a time",
-        )
-    return arr
-
-
-def _matches(shape: tuple[int, ...], expected: tuple[Any, ...]) -> bool:
-    return len(shape) == len(expected) and all(
-        not isinstance(e, int) or e < 0 or e == s for s, e in zip(shape, expected, strict=True)
-    )
-
-
-def _ints(shape: tuple[Any, ...]) -> tuple[int, ...]:
-    """A shape already known to be static (``_static_size`` returned a size)."""
-    return tuple(int(d) for d in shape)
-
-
-def _static_size(shape: tuple[Any, ...]) -> int | None:
-    if all(isinstance(d, int) and d >= 0 for d in shape):
-        return int(math.prod(shape))
-    return None
-
-
-def _shape_error(spec: TensorSpec, arr: Array) -> ReadingError:
-    size = _static_size(spec.sample_shape)
-    count = f"{size} values shaped " if size is not None else "values shaped "
-    return ReadingError(
-        "wrong_shape",
-        f"input {spec.name!r} got shape {list(arr.shape)} "
-        f"({arr.size} values): expected {count}{_fmt(spec.sample_shape)}",
-    )
-
-
-def _fmt(shape: tuple[Any, ...]) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else "?" for d in shape) + "]"
-
-
-def _kind_name(arr: Array) -> str:
-    return {"U": "strings", "S": "bytes", "O": "mixed or null values", "b": "booleans"}.get(
-        arr.dtype.kind, arr.dtype.name
-    )

@@ -195,6 +195,10 @@ class Engine:
             except ReadingError as exc:
                 answered.add(id(message))
                 self._responder.error(message, exc)
+            except Exception:  # a decoder bug: this reading's error, not its batch's
+                log.exception("unexpected failure decoding a reading on %s", message.topic)
+                answered.add(id(message))
+                self._responder.error(message, _internal())
         if not decoded:
             return
         started = time.perf_counter()
@@ -266,15 +270,26 @@ class Engine:
             except TopicTooLongError as exc:
                 self._responder.error(message, ReadingError("bad_topic", str(exc), reading.id))
                 continue
-            payload = encode_result(
-                message.topic,
-                active.identity,
-                sliced,
-                reading.id,
-                reading.ts,
-                (now - message.received) * 1000,
-            )
+            try:
+                payload = encode_result(
+                    message.topic,
+                    active.identity,
+                    sliced,
+                    reading.id,
+                    reading.ts,
+                    (now - message.received) * 1000,
+                )
+            except Exception:  # an encoder bug: this reading's error, not its batch's
+                log.exception("unexpected failure encoding a result for %s", message.topic)
+                self._responder.error(message, _internal(reading.id))
+                continue
             self._responder.result(message, topic, payload, reading.id)
+
+
+def _internal(rid: object = None) -> ReadingError:
+    return ReadingError(
+        "internal_error", "the module failed to answer this reading; see its log", rid
+    )
 
 
 def _non_finite_rows(outputs: dict[str, Array]) -> int:

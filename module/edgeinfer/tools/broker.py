@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ listener {port} 127.0.0.1
 {listener_options}
 {auth}
 set_tcp_nodelay true
-max_inflight_messages 1000
+max_inflight_messages {max_inflight}
 max_queued_messages 100000
 persistence {persistence}
 persistence_location {state}/
@@ -71,6 +72,7 @@ class LocalBroker:
         kind: str = "auto",
         listener_options: str = "",
         password_file: Path | None = None,
+        max_inflight: int = 1000,
     ) -> None:
         self.port = port or free_port()
         self.persistence = persistence
@@ -78,6 +80,8 @@ class LocalBroker:
         # a password file that turns anonymous access off.
         self.listener_options = listener_options
         self.password_file = password_file
+        # mosquitto sends it as its Receive Maximum (MQTT 5) and keeps to it itself.
+        self.max_inflight = max_inflight
         self.kind = (
             ("mosquitto" if shutil.which("mosquitto") else "amqtt") if kind == "auto" else kind
         )
@@ -109,6 +113,7 @@ class LocalBroker:
                     # cannot read our private temp files: stay who we are.
                     user="user root" if os.geteuid() == 0 else "",
                     persistence="true" if self.persistence else "false",
+                    max_inflight=self.max_inflight,
                 )
             )
             cmd = [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
@@ -135,6 +140,12 @@ class LocalBroker:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its password and ACL files."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)  # mosquitto reloads between two network passes
 
     def restart(self) -> None:
         self.stop()

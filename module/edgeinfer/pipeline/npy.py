@@ -1,0 +1,55 @@
+"""``.npy`` payloads, read without pickle and without trusting the header.
+
+The header declares a shape and a dtype; the array is only made when the
+payload carries exactly the bytes they imply, so a header that declares a
+terabyte costs nothing (numpy.load would try to allocate it).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from edgeinfer.errors import ReadingError
+from edgeinfer.runtimes.base import Array
+
+MAGIC = b"\x93NUMPY"
+_EXPECTED = "expected a whole array saved with numpy.save"
+_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def load_npy(payload: bytes) -> Array:
+    """The array in ``payload``; raises ReadingError ``bad_npy`` saying what is wrong."""
+    stream = io.BytesIO(payload)
+    try:
+        version = np.lib.format.read_magic(stream)
+        reader = _READERS.get(version)
+        if reader is None:
+            raise ValueError(f"format version {version[0]}.{version[1]} (1.0 or 2.0 expected)")
+        shape, fortran, dtype = reader(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise ReadingError(
+            "bad_npy",
+            f"cannot read .npy payload ({exc}): expected a numeric array saved with "
+            "numpy.save, without pickle",
+        ) from exc
+    if dtype.hasobject:
+        raise ReadingError(
+            "bad_npy", f".npy array of Python objects ({dtype}): expected numbers, without pickle"
+        )
+    count = math.prod(shape)
+    declared = count * dtype.itemsize
+    carried = len(payload) - stream.tell()
+    if declared != carried:
+        raise ReadingError(
+            "bad_npy",
+            f".npy header declares shape {list(shape)} of {dtype.name} ({declared} bytes) "
+            f"but the payload carries {carried}: {_EXPECTED}",
+        )
+    flat = np.frombuffer(payload, dtype=dtype, count=count, offset=stream.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
