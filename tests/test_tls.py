@@ -138,3 +138,42 @@ def test_wrong_tls_settings_are_refused_with_a_reason_and_retried(
     assert reason in module.log()
     assert module.proc is not None and module.proc.poll() is None, "it keeps retrying"
     assert PASSWORD not in module.log()
+
+
+@pytest.fixture(scope="module")
+def password_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    passwd = tmp_path_factory.mktemp("passwd") / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD], check=True)
+    with LocalBroker(kind="mosquitto", password_file=passwd) as b:
+        yield b
+
+
+def test_credentials_in_the_broker_url_log_in_and_are_never_shown(
+    password_broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path
+) -> None:
+    host = password_broker.url.removeprefix("mqtt://")
+    url = f"mqtt://{USER}:{PASSWORD.replace('-', '%2D')}@{host}"
+    env = {"EDGEINFER_BROKER_PASWORD": "hunter2-typo", "EDGEINFER_SERVICE_HOST": "10.1.2.3"}
+    module = ModuleProcess(url, ONNX_MODEL, tmp_path, env=env).start()
+    modules.append(module)
+    wrong = ModuleProcess(
+        f"mqtt://{USER}:not-{PASSWORD}@{host}", ONNX_MODEL, tmp_path, env=env
+    ).start(wait=False)
+    modules.append(wrong)
+    deadline = time.monotonic() + 10
+    while "not authorised" not in module_reason(wrong).lower() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    reason = module_reason(wrong)
+    assert reason.startswith(f"not connected to the broker: broker mqtt://{host} refused"), reason
+    for text in (module.log(), wrong.log(), reason):
+        assert PASSWORD not in text and PASSWORD.replace("-", "%2D") not in text
+        assert "hunter2" not in text
+    assert (
+        "EDGEINFER_BROKER_PASWORD is not a setting (did you mean EDGEINFER_BROKER_PASSWORD?); "
+        "ignored"
+    ) in module.log()
+
+
+def module_reason(module: ModuleProcess) -> str:
+    status, body = module.http_get("/readyz")
+    return str(orjson.loads(body)["reason"]) if status == 503 else ""

@@ -275,7 +275,8 @@ def test_signed_documents_must_name_this_module_and_old_inbox_manifests_are_repl
     b.desire(signed(for_a, key))
     error = wait_reported_after(b.sink, before, "failed")["update"]["error"]
     assert error == f"this desired state is for module {a.module.module_id!r}, not this one"
-    assert "sequence" not in orjson.loads((b.store / "state.json").read_bytes())
+    state = b.store / "state.json"
+    assert not state.exists() or "sequence" not in orjson.loads(state.read_bytes())
     a.desire(signed(for_a, key))
     wait_reported(a.sink, update_is("active", "1.1.0"))
     # Offline: a newer signed manifest installs, an older one is a replay.
@@ -339,7 +340,11 @@ def test_a_redirect_to_a_scheme_that_is_not_allowed_is_refused(rig: Rig, locatio
 def test_a_superseded_download_leaves_no_partial_file(rig: Rig, server: ModelServer) -> None:
     stalled = server.add("/stall.tflite", TFLITE, stall_at=3000)
     rig.desire(desired_for(stalled, TFLITE, version="7.0.0"))
-    wait_reported(rig.sink, lambda d: (d["update"]["progress"] or 0) > 0)
+    parts = rig.store / "downloads"
+    deadline = time.monotonic() + 10
+    while not any(p.stat().st_size for p in parts.glob("*.part")):
+        assert time.monotonic() < deadline, "the download did not start"
+        time.sleep(0.01)
     rig.desire(desired_for(server.add("/ok.onnx", ONNX), ONNX, version="7.1.0"))
     wait_reported(rig.sink, update_is("active", "7.1.0"))
     server.release.set()
@@ -375,3 +380,14 @@ def test_deploy_names_the_module_its_desired_state_is_for(
     )
     doc = build_desired(TFLITE_MODEL, "1.1.0", sign_key=pem, module_id="gw7")
     assert doc["target"] == {"module_id": "gw7"}
+
+
+def test_without_allow_http_an_https_download_is_not_followed_to_http() -> None:
+    from edgeinfer.errors import UpdateError
+    from edgeinfer.updates.download import _Redirects
+
+    strict = _Redirects(("https",))
+    strict._check("https://a/m.onnx", "https://b/m.onnx")
+    with pytest.raises(UpdateError, match=r"redirected to a http:// URL: expected https:// only"):
+        strict._check("https://a/m.onnx", "http://b/m.onnx")
+    _Redirects(("https", "http"))._check("https://a/m.onnx", "http://b/m.onnx")

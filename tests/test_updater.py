@@ -97,7 +97,12 @@ def test_an_inbox_install_superseded_by_a_desired_state_is_set_aside_with_the_re
     entered, release = threading.Event(), threading.Event()
 
     def slow_fetch(
-        url: str, sha256: str, size: int, progress: Any, cancelled: Callable[[], bool]
+        url: str,
+        sha256: str,
+        size: int,
+        progress: Any,
+        cancelled: Callable[[], bool],
+        local: Path | None = None,
     ) -> Path:
         entered.set()
         release.wait(10)
@@ -105,7 +110,7 @@ def test_an_inbox_install_superseded_by_a_desired_state_is_set_aside_with_the_re
             raise SupersededError
         raise AssertionError("the install should have been superseded")
 
-    monkeypatch.setattr(harness.updater._downloader, "fetch", slow_fetch)
+    monkeypatch.setattr(harness.updater._gate.downloader, "fetch", slow_fetch)
     inbox = harness.store.inbox
     (inbox / "har.tflite").write_bytes(TFLITE)
     manifest = {

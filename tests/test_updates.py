@@ -292,13 +292,16 @@ def test_with_trusted_keys_only_signed_newer_documents_are_accepted(
     private, public = make_keys(tmp_path)
     other, _ = make_keys(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
     rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_TRUSTED_KEYS=str(public))
+    mid = rig.module.module_id
     url = server.add("/signed.tflite", TFLITE)
 
-    unsigned = build_desired(TFLITE_MODEL, "1.1.0", url=url, sequence=10)
+    unsigned = build_desired(TFLITE_MODEL, "1.1.0", url=url, sequence=10, module_id=mid)
     rig.desire(unsigned)
     assert "not signed" in wait_reported(rig.sink, update_is("failed", "1.1.0"))["update"]["error"]
 
-    forged = build_desired(TFLITE_MODEL, "1.1.0", url=url, sequence=11, sign_key=other)
+    forged = build_desired(
+        TFLITE_MODEL, "1.1.0", url=url, sequence=11, sign_key=other, module_id=mid
+    )
     rig.desire(forged)
     report = wait_reported(
         rig.sink,
@@ -308,7 +311,9 @@ def test_with_trusted_keys_only_signed_newer_documents_are_accepted(
     )
     assert report["update"]["error"] == "bad signature: no trusted key verifies this desired state"
 
-    tampered = build_desired(TFLITE_MODEL, "1.1.0", url=url, sequence=12, sign_key=private)
+    tampered = build_desired(
+        TFLITE_MODEL, "1.1.0", url=url, sequence=12, sign_key=private, module_id=mid
+    )
     tampered["model"]["url"] = url + "?evil"
     rig.desire(tampered)
     wait_reported(
@@ -319,11 +324,15 @@ def test_with_trusted_keys_only_signed_newer_documents_are_accepted(
         ),
     )
 
-    good = build_desired(TFLITE_MODEL, "1.1.0", url=url, sequence=20, sign_key=private)
+    good = build_desired(
+        TFLITE_MODEL, "1.1.0", url=url, sequence=20, sign_key=private, module_id=mid
+    )
     rig.desire(good)
     wait_reported(rig.sink, update_is("active", "1.1.0"))
 
-    replay = build_desired(TFLITE_MODEL, "1.2.0", url=url, sequence=20, sign_key=private)
+    replay = build_desired(
+        TFLITE_MODEL, "1.2.0", url=url, sequence=20, sign_key=private, module_id=mid
+    )
     rig.desire(replay)
     refused = wait_reported(rig.sink, update_is("failed", "1.2.0"))
     assert refused["update"]["error"] == (
@@ -455,7 +464,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_deploy_and_status_commands_drive_an_update(rig: Rig, broker: LocalBroker) -> None:
+def test_the_deploy_and_status_commands_drive_an_update(
+    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]
+) -> None:
+    # deploy's default URL is the file's file:// URL: the module must allow its directory.
+    models = str(TFLITE_MODEL.parent.parent)
+    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_FILE_ROOTS=models)
     mid = rig.module.module_id
     deployed = run_cli(
         "deploy",

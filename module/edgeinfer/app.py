@@ -76,6 +76,8 @@ class EdgeInferModule:
             reporter,
             options,
             on_swap=self._show_model,
+            module_id=mid,
+            labels=config.module.labels,
         )
         self.engine.observe(self.updater.observe)
         self.metrics.watch(lambda: self.engine.depth, lambda: self.connection.unacked)

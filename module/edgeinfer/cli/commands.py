@@ -38,7 +38,15 @@ def run(args: argparse.Namespace) -> int:
 def deploy(args: argparse.Namespace) -> int:
     from edgeinfer.tools.deploy import build_desired, publish_desired
 
-    doc = build_desired(args.model, args.version, args.name, args.url, args.sign_key, args.sequence)
+    doc = build_desired(
+        args.model,
+        args.version,
+        args.name,
+        args.url,
+        args.sign_key,
+        args.sequence,
+        module_id=args.module_id,
+    )
     publish_desired(broker_settings(args), args.module_id, doc)
     model = doc["model"]
     what = (

@@ -32,7 +32,7 @@ def load_npy(payload: bytes) -> Array:
         if reader is None:
             raise ValueError(f"format version {version[0]}.{version[1]} (1.0 or 2.0 expected)")
         shape, fortran, dtype = reader(stream)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+    except Exception as exc:  # numpy's header parser raises many kinds; all mean a bad header
         raise ReadingError(
             "bad_npy",
             f"cannot read .npy payload ({exc}): expected a numeric array saved with "

@@ -19,6 +19,80 @@ from edgeinfer.errors import ModelError, ReadingError, UpdateError
 from edgeinfer.pipeline.decode import Decoder
 from edgeinfer.runtimes.base import Array, Model
 
+SPEC_KEYS = {"inputs", "expect", "golden", "atol", "max_latency_ms"}
+EXPECT_KEYS = {"output", "shape", "min", "max"}
+
+
+def check_self_test_spec(spec: object) -> None:
+    """Validate a ``self_test`` block before anything is downloaded; raises UpdateError."""
+    if not isinstance(spec, dict):
+        raise UpdateError(f"self_test = {_show(spec)}: expected an object")
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise UpdateError(
+            f'"self_test" has unknown fields {unknown}: expected only {sorted(SPEC_KEYS)}'
+        )
+    inputs = spec.get("inputs")
+    if inputs is not None and not isinstance(inputs, dict | list):
+        raise UpdateError(
+            f"self_test.inputs = {_show(inputs)}: expected a reading "
+            '(an object with "features" or "inputs", or an array)'
+        )
+    _check_expect_spec(spec.get("expect"))
+    for key in ("atol", "max_latency_ms"):
+        value = spec.get(key)
+        if value is not None and not (_number(value) and value >= 0):
+            raise UpdateError(f"self_test.{key} = {_show(value)}: expected a number >= 0")
+    golden = spec.get("golden")
+    if golden is None:
+        return
+    if not isinstance(golden, dict):
+        raise UpdateError(f"self_test.golden = {_show(golden)}: expected {{output name: array}}")
+    for name, value in golden.items():
+        try:
+            arr = np.asarray(value)
+        except ValueError:
+            arr = np.asarray(None)
+        if arr.dtype.kind not in "biuf":
+            raise UpdateError(
+                f"self_test.golden.{name} = {_show(value)}: expected a rectangular array of numbers"
+            )
+
+
+def _check_expect_spec(expect: object) -> None:
+    if expect is None:
+        return
+    if not isinstance(expect, dict):
+        raise UpdateError(f"self_test.expect = {_show(expect)}: expected an object")
+    unknown = sorted(set(expect) - EXPECT_KEYS)
+    if unknown:
+        raise UpdateError(
+            f'"self_test.expect" has unknown fields {unknown}: expected only {sorted(EXPECT_KEYS)}'
+        )
+    output = expect.get("output")
+    if output is not None and not isinstance(output, str):
+        raise UpdateError(f"self_test.expect.output = {_show(output)}: expected an output name")
+    shape = expect.get("shape")
+    if shape is not None and (
+        not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+    ):
+        raise UpdateError(
+            f"self_test.expect.shape = {_show(shape)}: expected a list of integers >= 0"
+        )
+    for key in ("min", "max"):
+        value = expect.get(key)
+        if value is not None and not _number(value):
+            raise UpdateError(f"self_test.expect.{key} = {_show(value)}: expected a number")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 @dataclass(frozen=True)
 class SelfTestReport:

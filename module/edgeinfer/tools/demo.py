@@ -126,6 +126,8 @@ def run_demo(duration: float, model: Path | None = None) -> int:
             "EDGEINFER_LOG_LEVEL": "WARNING",
             "EDGEINFER_BROKER_PROTOCOL": broker.protocol,
             "EDGEINFER_UPDATES_PROBATION_S": "3",
+            # The update is pushed as a file:// URL into the sample models.
+            "EDGEINFER_UPDATES_FILE_ROOTS": str(REPO_MODELS),
         },
     )
     print(f"[demo] starting the module: edgeinfer run --model {model} --broker {broker.url}")

@@ -26,8 +26,13 @@ def build_desired(
     url: str | None = None,
     sign_key: Path | None = None,
     sequence: int | None = None,
+    module_id: str | None = None,
 ) -> dict[str, Any]:
-    """The desired-state document for ``model`` (or, without one, a stored version)."""
+    """The desired-state document for ``model`` (or, without one, a stored version).
+
+    With ``module_id`` it names the module it is for (``target``): a signed
+    document is refused by every other module.
+    """
     doc: dict[str, Any]
     if model is None:
         if not name:
@@ -60,6 +65,8 @@ def build_desired(
             doc["labels"] = list(manifest.labels)
         if manifest.self_test:
             doc["self_test"] = manifest.self_test
+    if module_id is not None:
+        doc["target"] = {"module_id": module_id}
     # Milliseconds since the epoch: increases from one deploy to the next
     # without the operator keeping count.
     doc["sequence"] = sequence if sequence is not None else int(time.time() * 1000)

@@ -15,15 +15,57 @@ import orjson
 
 from edgeinfer.errors import UpdateError
 from edgeinfer.manifest import Manifest
+from edgeinfer.serving.selftest import check_self_test_spec
 from edgeinfer.updates.states import Target
 from edgeinfer.updates.store import check_part
 
 MAX_DOCUMENT_BYTES = 65_536
-_TOP_KEYS = {"model", "labels", "self_test", "sequence", "signature"}
+_TOP_KEYS = {"model", "labels", "self_test", "sequence", "signature", "target"}
 _MODEL_KEYS = {"name", "version", "url", "sha256", "size", "format"}
-_SELF_TEST_KEYS = {"inputs", "expect", "golden", "atol", "max_latency_ms"}
-_EXPECT_KEYS = {"output", "shape", "min", "max"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DesiredStateError(UpdateError):
+    """A desired state refused after its model's name and version were read."""
+
+    def __init__(self, message: str, target: Target) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who a document is for: one module, or every module whose labels match a selector."""
+
+    module_id: str | None = None
+    selector: dict[str, str] = field(default_factory=dict)
+
+    def refuses(self, module_id: str, labels: dict[str, str]) -> str | None:
+        """Why a module with ``module_id`` and ``labels`` must not take the document, or None."""
+        if self.module_id is not None and self.module_id != module_id:
+            return f"this desired state is for module {self.module_id!r}, not this one"
+        missing = {k: v for k, v in self.selector.items() if labels.get(k) != v}
+        if missing:
+            return (
+                f"this desired state is for modules labelled {self.selector}, and this one "
+                f"is labelled {labels}"
+            )
+        return None
+
+    @classmethod
+    def parse(cls, value: object) -> Recipient:
+        """``{"module_id": "gw1"}`` or ``{"selector": {"site": "a"}}``."""
+        expected = 'expected {"module_id": "<id>"} or {"selector": {"<label>": "<value>"}}'
+        if not isinstance(value, dict) or set(value) - {"module_id", "selector"} or not value:
+            raise UpdateError(f"target = {value!r}: {expected}")
+        module_id, selector = value.get("module_id"), value.get("selector", {})
+        if module_id is not None and not isinstance(module_id, str):
+            raise UpdateError(f"target.module_id = {module_id!r}: {expected}")
+        if not isinstance(selector, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+        ):
+            raise UpdateError(f"target.selector = {selector!r}: {expected}")
+        return cls(module_id, dict(selector))
 
 
 @dataclass(frozen=True)
@@ -40,12 +82,13 @@ class DesiredState:
     self_test: dict[str, Any] | None
     sequence: int | None
     document: dict[str, Any] = field(repr=False, compare=False)
+    recipient: Recipient | None = None  # the document's "target": who it is for
 
     @property
     def target(self) -> Target:
         return Target(self.name, self.version)
 
-    def manifest(self, fmt: str) -> Manifest:
+    def manifest(self, fmt: str | None) -> Manifest:
         """The manifest a version installed from this document is stored with."""
         return Manifest(
             name=self.name,
@@ -60,7 +103,11 @@ class DesiredState:
 
 
 def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredState:
-    """Parse and validate a desired-state payload; raises UpdateError naming the bad field."""
+    """Parse and validate a desired-state payload; raises UpdateError naming the bad field.
+
+    Once the model's name and version are read, the error is a DesiredStateError
+    that names them, so the failed report says which update it was.
+    """
     if len(payload) > MAX_DOCUMENT_BYTES:
         raise UpdateError(
             f"desired state is {len(payload)} bytes: expected at most {MAX_DOCUMENT_BYTES}"
@@ -78,6 +125,19 @@ def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredSt
     _no_unknown('"model"', model, _MODEL_KEYS)
     name = check_part("model.name", model.get("name"))
     version = check_part("model.version", model.get("version"))
+    try:
+        return _parse_rest(doc, model, name, version, allowed_schemes)
+    except UpdateError as exc:
+        raise DesiredStateError(str(exc), Target(name, version)) from exc
+
+
+def _parse_rest(
+    doc: dict[str, Any],
+    model: dict[str, Any],
+    name: str,
+    version: str,
+    allowed_schemes: tuple[str, ...],
+) -> DesiredState:
     url = model.get("url")
     sha256 = model.get("sha256")
     size = model.get("size")
@@ -108,7 +168,7 @@ def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredSt
         raise UpdateError(f"labels = {labels!r}: expected a list of strings")
     self_test = doc.get("self_test")
     if self_test is not None:
-        _check_self_test(self_test)
+        check_self_test_spec(self_test)
     sequence = doc.get("sequence")
     if sequence is not None and (
         not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0
@@ -117,11 +177,12 @@ def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredSt
     signature = doc.get("signature")
     if signature is not None and not isinstance(signature, str):
         raise UpdateError(f"signature = {signature!r}: expected a base64 string")
+    recipient = Recipient.parse(doc["target"]) if "target" in doc else None
     return DesiredState(
         name=name, version=version, url=url, sha256=sha256,
         size=size if isinstance(size, int) else None, format=fmt,
         labels=tuple(labels) if labels is not None else None,
-        self_test=self_test, sequence=sequence, document=doc,
+        self_test=self_test, sequence=sequence, document=doc, recipient=recipient,
     )  # fmt: skip
 
 
@@ -129,29 +190,6 @@ def _no_unknown(where: str, doc: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(doc) - known)
     if unknown:
         raise UpdateError(f"{where} has unknown fields {unknown}: expected only {sorted(known)}")
-
-
-def _check_self_test(self_test: object) -> None:
-    if not isinstance(self_test, dict):
-        raise UpdateError(f"self_test = {self_test!r}: expected an object")
-    _no_unknown('"self_test"', self_test, _SELF_TEST_KEYS)
-    expect = self_test.get("expect")
-    if expect is not None:
-        if not isinstance(expect, dict):
-            raise UpdateError(f"self_test.expect = {expect!r}: expected an object")
-        _no_unknown('"self_test.expect"', expect, _EXPECT_KEYS)
-        shape = expect.get("shape")
-        if shape is not None and (
-            not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)
-        ):
-            raise UpdateError(f"self_test.expect.shape = {shape!r}: expected a list of integers")
-    for key in ("atol", "max_latency_ms"):
-        value = self_test.get(key)
-        if value is not None and (not isinstance(value, int | float) or value < 0):
-            raise UpdateError(f"self_test.{key} = {value!r}: expected a number >= 0")
-    golden = self_test.get("golden")
-    if golden is not None and not isinstance(golden, dict):
-        raise UpdateError(f"self_test.golden = {golden!r}: expected {{output name: array}}")
 
 
 def check_install_fields(manifest: Manifest) -> None:
@@ -164,4 +202,4 @@ def check_install_fields(manifest: Manifest) -> None:
         )
     if manifest.size is None or manifest.size <= 0:
         raise UpdateError(f"size = {manifest.size!r}: expected the file size in bytes, > 0")
-    _check_self_test(dict(manifest.self_test))
+    check_self_test_spec(dict(manifest.self_test))

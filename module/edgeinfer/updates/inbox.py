@@ -18,7 +18,7 @@ import orjson
 
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.manifest import MANIFEST_NAME, Manifest
-from edgeinfer.updates.desired import check_install_fields
+from edgeinfer.updates.desired import Recipient, check_install_fields
 from edgeinfer.updates.states import Target
 
 MODEL_SUFFIXES = (".onnx", ".tflite")
@@ -35,6 +35,11 @@ class InboxDrop:
     @property
     def target(self) -> Target:
         return Target(self.manifest.name, self.manifest.version)
+
+    @property
+    def recipient(self) -> Recipient | None:
+        """The manifest's ``target``: which module (or labels) it is for."""
+        return Recipient.parse(self.document["target"]) if "target" in self.document else None
 
     @property
     def sequence(self) -> int | None:
@@ -74,6 +79,8 @@ def read_drop(inbox: Path) -> InboxDrop | None:
         return None  # still being copied
     try:
         check_install_fields(manifest)
+        if "target" in doc:
+            Recipient.parse(doc["target"])
     except UpdateError as exc:
         raise InboxRejectedError(f"inbox install refused: {exc}", target) from exc
     assert isinstance(doc, dict)

@@ -7,6 +7,7 @@ order they were made and the retained one is always the newest.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import orjson
 
 from edgeinfer.loaded import LoadedModel
-from edgeinfer.updates.states import UpdateState, UpdateStatus, iso
+from edgeinfer.updates.states import Target, UpdateState, UpdateStatus, iso
 from edgeinfer.updates.store import ModelStore
+
+log = logging.getLogger("edgeinfer.updates")
 
 Publish = Callable[[bytes], None]
 #: Progress reports are throttled to this many seconds apart.
@@ -33,8 +36,8 @@ class Reporter:
         self.status = UpdateStatus()
         self._last_progress = 0.0
 
-    def serving(self, loaded: LoadedModel) -> None:
-        """Record the model now answering readings, and publish."""
+    def serving(self, loaded: LoadedModel, publish: bool = True) -> None:
+        """Record the model now answering readings, and publish (unless told not to)."""
         self._model = {
             "name": loaded.identity.name,
             "version": loaded.identity.version,
@@ -42,7 +45,8 @@ class Reporter:
             "runtime": loaded.model.runtime,
             "activated_at": iso(time.time()),
         }
-        self.publish()
+        if publish:
+            self.publish()
 
     def update(self, status: UpdateStatus) -> None:
         """Record an update step, and publish (progress at most 4 times a second)."""
@@ -57,6 +61,21 @@ class Reporter:
         self._last_progress = now
         self.status = status
         self.publish()
+
+    def step(
+        self,
+        state: UpdateState,
+        target: Target | None,
+        error: str | None = None,
+        progress: float | None = None,
+    ) -> None:
+        """Report one step of an update."""
+        self.update(UpdateStatus(state, target, progress, error))
+
+    def failed(self, target: Target | None, error: str) -> None:
+        """Log and report an update that ended ``failed``."""
+        log.error("update %s failed: %s", target or "", error)
+        self.update(UpdateStatus(UpdateState.FAILED, target, None, error))
 
     def document(self) -> dict[str, Any]:
         """The reported-state document as it stands."""

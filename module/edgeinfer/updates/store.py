@@ -19,6 +19,7 @@ dangling ``current`` from ``previous``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -56,6 +57,15 @@ def check_part(kind: str, value: object) -> str:
     return value
 
 
+def check_same_build(name: str, version: str, installed: str, offered: str) -> None:
+    """A version is immutable: other bytes under the same name and version are refused."""
+    if installed != offered:
+        raise StoreError(
+            f"{name} {version} is already installed with sha256 {installed}: "
+            "a different build needs a new version"
+        )
+
+
 @dataclass(frozen=True)
 class StoredVersion:
     """One installed model version."""
@@ -74,6 +84,10 @@ class StoredVersion:
     def manifest(self) -> Manifest:
         """The manifest the version was installed with."""
         return load_manifest(self.model_file)
+
+    def sha256(self) -> str:
+        """The model file's sha256 (hashed: a manifest could be stale)."""
+        return _sha256(self.model_file)
 
 
 class ModelStore:
@@ -112,6 +126,14 @@ class ModelStore:
             raise StoreError(f"version {name} {version} is not in the store")
         return StoredVersion(name, version, path)
 
+    def installed_sha256(self, name: str, version: str) -> str | None:
+        """The sha256 of ``name/version``'s model file, or None when it is not installed."""
+        path = self.models / name / version
+        try:
+            return StoredVersion(name, version, path).sha256()
+        except (StoreError, OSError):
+            return None
+
     def versions(self) -> list[StoredVersion]:
         """Installed versions, oldest first (by install time)."""
         found = [
@@ -126,7 +148,12 @@ class ModelStore:
     # -- changing --------------------------------------------------------------
 
     def install(self, model_file: Path, manifest: Manifest) -> StoredVersion:
-        """Copy a verified model and its manifest in as ``name/version`` (replacing a copy)."""
+        """Copy a verified model and its manifest in as ``name/version``.
+
+        The same bytes again return the installed version; other bytes under an
+        installed name and version are refused (StoreError): a version names a
+        build, and a restart must serve what was tested.
+        """
         name = check_part("name", manifest.name)
         version = check_part("version", manifest.version)
         fmt = manifest.format
@@ -141,10 +168,12 @@ class ModelStore:
                 (staging / MANIFEST).write_bytes(manifest.to_json())
                 _fsync_dir(staging)
                 if final.exists():
-                    if self._points_at("current", final) or self._points_at("previous", final):
+                    existing = self.installed_sha256(name, version)
+                    if existing is not None:
+                        check_same_build(name, version, existing, _sha256(model_file))
                         shutil.rmtree(staging)
                         return StoredVersion(name, version, final)
-                    shutil.rmtree(final)
+                    shutil.rmtree(final)  # a leftover without a model file
                 staging.rename(final)
                 _fsync_dir(final.parent)
             except BaseException:
@@ -201,6 +230,7 @@ class ModelStore:
             for staging in self.models.glob("*/.staging-*"):
                 shutil.rmtree(staging, ignore_errors=True)
                 done.append(f"removed unfinished install {staging.relative_to(self.root)}")
+            done += self._tidy_downloads()
             current_path = self.root / "current"
             if current_path.is_symlink() and self.link("current") is None:
                 previous = self.link("previous")
@@ -211,6 +241,20 @@ class ModelStore:
                     current_path.unlink()
                     done.append("current was dangling and there is no previous: removed it")
         return done
+
+    def _tidy_downloads(self) -> list[str]:
+        # An interrupted download resumes from its .part, but only the newest
+        # can be the one a redelivered desired state asks for again.
+        files = sorted(
+            (p for p in self.downloads.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime
+        )
+        keep = next((p for p in reversed(files) if p.suffix == ".part"), None)
+        removed = []
+        for path in files:
+            if path != keep:
+                path.unlink(missing_ok=True)
+                removed.append(f"removed stale download {path.name}")
+        return removed
 
     # -- persistent state ------------------------------------------------------
 
@@ -253,6 +297,14 @@ class ModelStore:
         os.symlink(os.path.join("models", version.name, version.version), tmp)
         os.replace(tmp, self.root / which)
         _fsync_dir(self.root)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,19 +5,21 @@ install -> switch -> probation):
 
 * a desired state on ``edgeinfer/{id}/desired`` (the network thread only queues it),
 * a hand-edited ``current`` symlink, and a model dropped into ``inbox/``
-  (the watchdog thread only queues them).
+  (the watchdog thread only queues them; :mod:`.local` handles them).
 
 Threads and what they own: the updater thread owns every step, the store's
-changes, what is served (:class:`~.served.Served`) and the reported state; the
-engine thread calls :meth:`Updater.observe` for each batch (the probation
-monitor has its own lock). A newer desired state supersedes the one running:
-it is checked between steps and on every downloaded chunk.
+changes, what is served (:mod:`.served`, :mod:`.switcher`) and the reported
+state, which only it publishes; the engine thread calls :meth:`Updater.observe`
+for each batch. A newer desired state supersedes the one running: it is
+checked between steps and on every downloaded chunk. The same document again
+(the retained desired state after every reconnect) changes nothing, and
+nothing that is not a valid document for this module ends a probation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,19 +28,19 @@ from pathlib import Path
 from edgeinfer.config import UpdatesConfig
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import Manifest
 from edgeinfer.pipeline.engine import BatchOutcome
-from edgeinfer.runtimes import detect_format
-from edgeinfer.serving.admission import RuntimeOptions, admit
-from edgeinfer.updates import inbox
-from edgeinfer.updates.desired import DesiredState, parse_desired
+from edgeinfer.serving.admission import RuntimeOptions
+from edgeinfer.updates.desired import DesiredState, DesiredStateError, parse_desired
 from edgeinfer.updates.download import Downloader, SupersededError
-from edgeinfer.updates.probation import Probation
+from edgeinfer.updates.gate import Gate
+from edgeinfer.updates.inbox import InboxDrop
+from edgeinfer.updates.local import LocalChanges
 from edgeinfer.updates.reported import Reporter
-from edgeinfer.updates.served import Served, close_when_released
+from edgeinfer.updates.served import Served
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, Verifier, load_public_key
-from edgeinfer.updates.states import Target, UpdateState, UpdateStatus
-from edgeinfer.updates.store import ModelStore, StoredVersion
+from edgeinfer.updates.states import Target, UpdateState
+from edgeinfer.updates.store import ModelStore
+from edgeinfer.updates.switcher import Switcher
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +59,67 @@ class Updater:
         reporter: Reporter,
         options: RuntimeOptions,
         on_swap: Callable[[LoadedModel], None] | None = None,
+        module_id: str = "edgeinfer",
+        labels: dict[str, str] | None = None,
     ) -> None:
         self._config = config
         self._store = store
-        self._served = served
         self._reporter = reporter
-        self._options = options
-        self._on_swap = on_swap
+        self._module_id = module_id
+        self._labels = dict(labels or {})
         self._verifiers: list[Verifier] = []
         if config.trusted_keys:
             keys = [load_public_key(Path(p)) for p in config.trusted_keys]
             self._verifiers = [SignatureVerifier(keys), SequenceVerifier(store)]
-        self._downloader = Downloader(
+        self._schemes = ("https", "file", "http") if config.allow_http else ("https", "file")
+        downloader = Downloader(
             store.downloads,
             config.max_download_bytes,
             config.download_timeout_s,
             config.download_retries,
+            http_schemes=("https", "http") if config.allow_http else ("https",),
+            file_roots=tuple(config.file_roots),
+            ca_file=config.ca_file,
         )
-        self._schemes = ("https", "file", "http") if config.allow_http else ("https", "file")
+        self._gate = Gate(store, downloader, options, reporter, self._superseded)
+        self._switcher = Switcher(config, store, served, reporter, on_swap)
+        self._local = LocalChanges(
+            store, self._gate, self._switcher, reporter, options, self._check
+        )
         self._cond = threading.Condition()
         self._desired: bytes | None = None
+        self._last_document: tuple[bytes, bool] | None = None  # (payload, it failed)
         self._local_due: dict[str, float] = {}
         self._report_due = False
         self._stopping = False
-        self._probation: Probation | None = None
         self._thread = threading.Thread(target=self._loop, name="updater", daemon=True)
 
     # -- other threads -------------------------------------------------------
 
     def start(self) -> None:
-        """Report what is served, then start taking work."""
-        self._reporter.serving(self._served.loaded)
+        """Start taking work; the first report (what is served) is published by the thread."""
+        self._reporter.serving(self._switcher.served.loaded, publish=False)
+        self.request_report()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def submit_desired(self, payload: bytes) -> None:
-        """A desired state arrived (network thread): it supersedes any pending one."""
+        """A desired state arrived (network thread): it supersedes any pending one.
+
+        The same bytes as the document in effect are dropped here: the broker
+        resends the retained desired state after every reconnect, and that must
+        neither restart nor supersede anything. After a failure, the same
+        document is a retry.
+        """
         with self._cond:
+            if self._last_document is not None and self._last_document == (payload, False):
+                return
             self._desired = payload
             self._cond.notify_all()
 
@@ -116,9 +137,7 @@ class Updater:
 
     def observe(self, outcome: BatchOutcome) -> None:
         """Each batch's outcome (engine thread), for the probation monitor."""
-        probation = self._probation
-        if probation is not None:
-            probation.monitor.observe(outcome)
+        self._switcher.observe(outcome)
 
     # -- updater thread -------------------------------------------------------
 
@@ -144,11 +163,13 @@ class Updater:
                 if report:
                     self._reporter.publish()
                 if desired is not None:
-                    self._end_probation_early()
                     self._handle_desired(desired)
                 for kind in local:
-                    self._handle_current() if kind == "current" else self._handle_inbox()
-                self._check_probation()
+                    if kind == "current":
+                        self._local.handle_current()
+                    else:
+                        self._local.handle_inbox()
+                self._switcher.check()
             except Exception:  # the updater must outlive any bug in one update
                 log.exception("update step failed unexpectedly")
 
@@ -163,245 +184,105 @@ class Updater:
 
     def _wait_time(self) -> float | None:
         waits = [max(0.0, due - time.monotonic()) for due in self._local_due.values()]
-        if self._probation is not None:
+        if self._switcher.probation is not None:
             waits.append(0.1)
         return min(waits) if waits else None
-
-    def _status(
-        self,
-        state: UpdateState,
-        target: Target | None,
-        error: str | None = None,
-        progress: float | None = None,
-    ) -> None:
-        self._reporter.update(UpdateStatus(state, target, progress, error))
-
-    def _fail(self, target: Target | None, error: str) -> None:
-        log.error("update %s failed: %s", target or "", error)
-        self._status(S.FAILED, target, error=error)
 
     # -- desired state ---------------------------------------------------------
 
     def _handle_desired(self, payload: bytes) -> None:
+        with self._cond:
+            self._last_document = (payload, False)
         try:
             desired = parse_desired(payload, self._schemes)
-        except UpdateError as exc:
-            self._fail(None, str(exc))
+        except DesiredStateError as exc:
+            self._failed(None, str(exc), exc.target)
             return
-        target = desired.target
-        served = self._served.loaded
-        if (desired.name, desired.version) == (
+        except UpdateError as exc:
+            self._failed(None, str(exc))
+            return
+        if self._is_served(desired):
+            # Nothing to do; say so when the last report was about something else.
+            probation = self._switcher.probation
+            state = S.PROBATION if probation is not None else S.ACTIVE
+            if self._reporter.status.state is not state:
+                self._reporter.step(state, probation.target if probation else desired.target)
+            return
+        try:
+            self._accept(desired)
+            self._apply(desired)
+        except SupersededError:
+            log.info("update to %s superseded by a newer desired state", desired.target)
+        except (UpdateError, ModelError) as exc:
+            self._failed(desired, str(exc))
+        except OSError as exc:  # a full disk, a permission: the update's failure
+            self._failed(desired, f"{exc.strerror or exc}: {os.path.basename(exc.filename or '')}")
+        except Exception as exc:  # a bug: still a failed update with nothing left behind
+            log.exception("update to %s failed unexpectedly", desired.target)
+            self._failed(desired, f"internal error ({type(exc).__name__}): see the module's log")
+
+    def _is_served(self, desired: DesiredState) -> bool:
+        served = self._switcher.served.loaded
+        return (desired.name, desired.version) == (
             served.identity.name,
             served.identity.version,
-        ) and desired.sha256 in (None, served.sha256):
-            if self._reporter.status.state not in (S.ACTIVE, S.PROBATION):
-                self._status(S.ACTIVE, target)
-            return
+        ) and desired.sha256 in (None, served.sha256)
+
+    def _accept(self, desired: DesiredState) -> None:
+        """Checks before anything changes; then the document is this module's to act on."""
+        self._check(desired)
         if desired.url is not None and self._store.is_failed(desired.name, desired.version):
             # Retained desired states come back on every restart: without this a
             # rolled-back model would be swapped in (and out) again each time.
-            self._fail(
-                target,
-                f"{target} failed here before (rolled back, or refused at start): deploy a "
-                "new version, or activate this one explicitly with a desired state without url",
+            raise UpdateError(
+                f"{desired.target} failed here before (rolled back, or refused at start): deploy "
+                "a new version, or activate this one explicitly with a desired state without url"
             )
-            return
-        try:
+        self._gate.check(desired.target, desired.url, desired.sha256)
+        for verifier in self._verifiers:
+            verifier.accept(desired)
+        self._gate.downloader.keep_only(desired.sha256)
+
+    def _check(self, document: DesiredState | InboxDrop) -> None:
+        """Signature, target, sequence: the same checks for desired states and inbox drops."""
+        signatures, others = self._verifiers[:1], self._verifiers[1:]
+        for verifier in signatures:
+            verifier.verify(document)
+        recipient = document.recipient
+        if recipient is None and self._verifiers:
+            raise UpdateError(
+                'a signed desired state must name its "target": expected {"module_id": ...}'
+            )
+        if recipient is not None:
+            refusal = recipient.refuses(self._module_id, self._labels)
+            if refusal is not None:
+                raise UpdateError(refusal)
+        for verifier in others:
+            verifier.verify(document)
+        if isinstance(document, InboxDrop):
             for verifier in self._verifiers:
-                verifier.verify(desired)
-            for verifier in self._verifiers:
-                verifier.accept(desired)
-            if desired.url is None:
-                loaded, stored = self._admit_stored(desired)
-            else:
-                loaded, stored = self._download_and_admit(desired)
-            if self._superseded():
-                loaded.model.close()
-                return
-            self._switch(loaded, stored, target)
-        except SupersededError:
-            log.info("update to %s superseded by a newer desired state", target)
-        except UpdateError as exc:
-            self._fail(target, str(exc))
-            if desired.sha256:
-                self._downloader.discard(desired.sha256)
+                verifier.accept(document)
 
-    def _admit_stored(self, desired: DesiredState) -> tuple[LoadedModel, StoredVersion]:
-        stored = self._store.get(desired.name, desired.version)
-        self._store.clear_failed(desired.name, desired.version)
-        self._status(S.TESTING, desired.target)
-        return admit(stored.model_file, stored.manifest(), self._options), stored
-
-    def _download_and_admit(self, desired: DesiredState) -> tuple[LoadedModel, StoredVersion]:
-        assert desired.url and desired.sha256 and desired.size
-        target = desired.target
-        self._status(S.DOWNLOADING, target, progress=0.0)
-        part = self._downloader.fetch(
-            desired.url, desired.sha256, desired.size,
-            lambda got, total: self._status(S.DOWNLOADING, target, progress=got / total),
-            self._superseded,
-        )  # fmt: skip
-        self._status(S.VERIFYING, target)
-        file = self._downloader.verify(part, desired.url, desired.sha256, desired.size)
-        self._status(S.TESTING, target)
-        manifest = desired.manifest(_format_of(file, desired.format))
-        admitted = self._admit_and_install(file, manifest)
-        self._downloader.discard(desired.sha256)
-        return admitted
-
-    def _admit_and_install(
-        self, file: Path, manifest: Manifest
-    ) -> tuple[LoadedModel, StoredVersion]:
-        """The gate: the file must load and pass its self-test before it enters the store."""
-        loaded = admit(file, manifest, self._options)
-        try:
-            stored = self._store.install(file, manifest)
-        except BaseException:
+    def _apply(self, desired: DesiredState) -> None:
+        if desired.url is None:
+            loaded, stored = self._gate.admit_stored(desired)
+        else:
+            manifest = desired.manifest(desired.format)
+            loaded, stored = self._gate.fetch_and_install(desired.url, manifest, desired.target)
+        if self._superseded():
             loaded.model.close()
-            raise
-        return loaded, stored
-
-    # -- switching and probation -------------------------------------------------
-
-    def _switch(self, loaded: LoadedModel, stored: StoredVersion, target: Target) -> None:
-        old, old_stored = self._served.loaded, self._served.stored
-        applied = self._served.switch_to(loaded, stored)
-        self._reporter.serving(loaded)
-        if self._on_swap is not None:
-            self._on_swap(loaded)
-        self._probation = Probation.start(
-            self._config, loaded, stored, old, old_stored, target, applied
-        )
-        self._status(S.PROBATION, target)
-        self._check_probation()
-
-    def _check_probation(self) -> None:
-        probation = self._probation
-        if probation is None:
             return
-        reason = probation.monitor.verdict()
-        if reason is not None:
-            self._roll_back(probation, reason)
-        elif time.monotonic() >= probation.ends:
-            self._accept(probation)
+        self._switcher.switch(loaded, stored, desired.target)
 
-    def _end_probation_early(self) -> None:
-        # Something newer arrived: judge the model on what was seen so far.
-        probation = self._probation
-        if probation is not None:
-            reason = probation.monitor.verdict()
-            if reason is not None:
-                self._roll_back(probation, reason)
-            else:
-                self._accept(probation)
-
-    def _accept(self, probation: Probation) -> None:
-        self._probation = None
-        close_when_released(probation.applied, probation.old)
-        self._status(S.ACTIVE, probation.target)
-        for version in self._store.prune(self._config.keep_versions):
-            log.info("pruned %s %s from the store", version.name, version.version)
-        self._reporter.publish()
-
-    def _roll_back(self, probation: Probation, reason: str) -> None:
-        self._probation = None
-        log.error("rolling back %s: %s", probation.target, reason)
-        back = self._served.restore(
-            probation.old, probation.old_stored, failed=probation.candidate_stored
-        )
-        self._reporter.serving(probation.old)
-        if self._on_swap is not None:
-            self._on_swap(probation.old)
-        close_when_released(back, probation.candidate)
-        self._status(S.ROLLED_BACK, probation.target, error=reason)
-
-    # -- offline paths -----------------------------------------------------------
-
-    def _handle_current(self) -> None:
-        linked = self._store.link("current")
-        served = self._served.stored
-        if linked is not None and served is not None and linked.path == served.path:
-            return
-        if linked is None:
-            self._served.keep_link(failed=None)
-            self._fail(
-                None,
-                "current was changed to something that is not a stored version: "
-                f"restored it to {_name(served)}",
-            )
-            return
-        target = Target(linked.name, linked.version)
-        self._end_probation_early()
-        try:
-            self._status(S.TESTING, target)
-            loaded = admit(linked.model_file, linked.manifest(), self._options)
-        except (UpdateError, ModelError) as exc:
-            self._served.keep_link(failed=linked)
-            self._fail(target, f"{exc} (current restored to {_name(served)})")
-            return
-        self._switch(loaded, linked, target)
-
-    def _handle_inbox(self) -> None:
-        box = self._store.inbox
-        try:
-            drop = inbox.read_drop(box)
-        except inbox.InboxRejectedError as exc:
-            self._reject_drop(exc.target, str(exc))
-            return
-        if drop is None:
-            return  # not complete yet (drop the model, then its manifest)
-        target = drop.target
-        try:
-            if self._verifiers:
-                # Offline installs need the same signature as desired states: over
-                # the manifest's canonical JSON (without "signature").
-                self._verifiers[0].verify(drop)
-            self._end_probation_early()
-            loaded, stored = self._install_drop(drop)
-        except (UpdateError, SupersededError) as exc:
-            self._reject_drop(target, f"inbox install refused: {exc}")
-            return
-        inbox.clear(drop, box)
-        self._switch(loaded, stored, target)
-
-    def _install_drop(self, drop: inbox.InboxDrop) -> tuple[LoadedModel, StoredVersion]:
-        manifest = drop.manifest
-        assert manifest.sha256 and manifest.size
-        url = drop.model.resolve().as_uri()
-        target = drop.target
-        self._status(S.DOWNLOADING, target, progress=0.0)
-        part = self._downloader.fetch(
-            url, manifest.sha256, manifest.size,
-            lambda got, total: self._status(S.DOWNLOADING, target, progress=got / total),
-            self._superseded,
-        )  # fmt: skip
-        self._status(S.VERIFYING, target)
-        file = self._downloader.verify(part, url, manifest.sha256, manifest.size)
-        self._status(S.TESTING, target)
-        fmt = _format_of(file, manifest.format)
-        installed = dataclasses.replace(manifest, format=fmt, source=url)
-        try:
-            return self._admit_and_install(file, installed)
-        finally:
-            self._downloader.discard(manifest.sha256)
-
-    def _reject_drop(self, target: Target | None, reason: str) -> None:
-        rejected = inbox.reject(self._store.inbox, reason)
-        self._fail(target, f"{reason} (files moved to {rejected.relative_to(self._store.root)})")
-
-
-def _format_of(path: Path, declared: str | None) -> str:
-    try:
-        actual = detect_format(path)
-    except ModelError as exc:
-        raise UpdateError(f"the model will not load: {exc}") from exc
-    if declared is not None and declared != actual:
-        raise UpdateError(f"model.format says {declared!r} but the file is {actual}")
-    return actual
-
-
-def _name(stored: StoredVersion | None) -> str:
-    return f"{stored.name} {stored.version}" if stored else "nothing"
+    def _failed(
+        self, desired: DesiredState | None, error: str, target: Target | None = None
+    ) -> None:
+        with self._cond:
+            if self._last_document is not None:
+                self._last_document = (self._last_document[0], True)
+        if desired is not None and desired.sha256:
+            self._gate.downloader.discard(desired.sha256)
+        self._reporter.failed(desired.target if desired else target, error)
 
 
 __all__ = ["Updater"]
