@@ -119,3 +119,25 @@ def test_the_broker_verdict_reaches_the_callback() -> None:
 def test_what_mqtt_cannot_carry_is_refused_before_it_is_queued(topic: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         check_publishable(topic, b"")
+
+
+def test_a_refused_subscription_is_logged_and_kept_until_granted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """mosquitto 2.0 grants what its ACL will not deliver, so this is checked in-process."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edgeinfer.config import BrokerConfig
+    from edgeinfer.mqtt.connection import MqttConnection
+
+    conn = MqttConnection(BrokerConfig(), "c", "edgeinfer/c/status")
+    conn._pending_subscriptions[5] = "site/#"
+    conn._on_subscribe(
+        conn._client, None, 5, [ReasonCode(PacketTypes.SUBACK, identifier=0x87)], None
+    )
+    assert conn.subscription_errors == {"site/#": "Not authorized (0x87)"}
+    assert "the broker refused the subscription to 'site/#': Not authorized (0x87)" in caplog.text
+    conn._pending_subscriptions[6] = "site/#"
+    conn._on_subscribe(conn._client, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    assert conn.subscription_errors == {}

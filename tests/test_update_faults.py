@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -78,6 +79,33 @@ def test_probation_is_not_ended_by_junk_or_by_the_same_desired_state_coming_agai
     time.sleep(1.0)
     assert rig.sink.docs("/reported")[-1]["model"]["version"] == "2.0.0"
     assert not [d for d in rig.sink.docs("/reported") if update_is("active", "2.0.0")(d)]
+    for i in range(30):
+        rig.reading(recordings, i)
+    report = wait_reported(rig.sink, update_is("rolled_back", "2.0.0"))
+    assert "NaN/inf" in report["update"]["error"]
+    assert rig.link("current") == "models/har/1.0.0"
+    rig.close()
+
+
+def test_a_model_on_probation_when_the_module_is_killed_is_watched_again_after_restart(
+    broker: LocalBroker,
+    tmp_path: Path,
+    modules: list[ModuleProcess],
+    server: ModelServer,
+    recordings: Recordings,
+) -> None:
+    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_PROBATION_S="60")
+    means = recordings.windows.mean(axis=(1, 2))
+    best = int(means.argmax())
+    body = nan_below_model(float(means[best]) - 1e-3)
+    test = {"inputs": {"features": recordings.windows[best].tolist()}}
+    rig.desire(desired_for(server.add("/nan.onnx", body), body, version="2.0.0", self_test=test))
+    wait_reported(rig.sink, update_is("probation", "2.0.0"))
+    rig.module.signal(signal.SIGKILL)
+    rig.module.wait()
+    before = len(rig.sink.docs("/reported"))
+    rig.module.start()
+    wait_reported_after(rig.sink, before, "probation")
     for i in range(30):
         rig.reading(recordings, i)
     report = wait_reported(rig.sink, update_is("rolled_back", "2.0.0"))
@@ -391,3 +419,11 @@ def test_without_allow_http_an_https_download_is_not_followed_to_http() -> None:
     with pytest.raises(UpdateError, match=r"redirected to a http:// URL: expected https:// only"):
         strict._check("https://a/m.onnx", "http://b/m.onnx")
     _Redirects(("https", "http"))._check("https://a/m.onnx", "http://b/m.onnx")
+
+
+def test_errors_never_show_credentials_inside_a_model_url(rig: Rig, server: ModelServer) -> None:
+    url = server.add("/missing.onnx", b"").replace("http://", "http://user:s3cret@") + "x"
+    rig.desire(desired_for(url, ONNX, version="8.0.0"))
+    report = wait_reported(rig.sink, update_is("failed", "8.0.0"))
+    assert "s3cret" not in report["update"]["error"]
+    assert "http://***@127.0.0.1:" in report["update"]["error"]

@@ -21,7 +21,7 @@ from types import FrameType
 
 from edgeinfer.config import Config
 from edgeinfer.loaded import LoadedModel
-from edgeinfer.mqtt.connection import MqttConnection
+from edgeinfer.mqtt.connection import MqttConnection, log_refusal
 from edgeinfer.observability.http import HealthServer
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import Engine, EngineSettings
@@ -92,9 +92,8 @@ class EdgeInferModule:
             self.updater.request_report()
 
     def _publish_reported(self, payload: bytes) -> None:
-        self.connection.publish(
-            module_topic(self.config.module.id, "reported"), payload, qos=1, retain=True
-        )
+        topic = module_topic(self.config.module.id, "reported")
+        self.connection.publish(topic, payload, qos=1, retain=True, on_done=log_refusal(topic))
 
     def _show_model(self, loaded: LoadedModel) -> None:
         model = loaded.model
@@ -115,6 +114,8 @@ class EdgeInferModule:
         refusing = self.responder.refusing
         if refusing is not None:
             return False, refusing
+        for flt, why in self.connection.subscription_errors.items():
+            return False, f"the broker refused the subscription to {flt!r}: {why}"
         return True, "ok"
 
     # -- lifecycle -----------------------------------------------------------------

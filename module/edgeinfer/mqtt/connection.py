@@ -101,6 +101,7 @@ class MqttConnection:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_socket_open = self._on_socket_open
         self._tracker = AckTracker(self._client.ack)
         # Many answers in flight at once (at most the broker's Receive Maximum).
@@ -121,6 +122,8 @@ class MqttConnection:
         self._connected_once_this_attempt = False
         self._paho_problem = ""  # paho's last ERROR log line on this attempt
         self.last_error = "not connected yet"
+        self._pending_subscriptions: dict[int, str] = {}  # mid -> filter, until the SUBACK
+        self.subscription_errors: dict[str, str] = {}  # filter -> why the broker refused it
 
     def _watch_paho_log(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -285,10 +288,18 @@ class MqttConnection:
         self._outbox.on_connect(getattr(properties, "ReceiveMaximum", None))
         for flt, qos in self._subscriptions:
             if self._v5:
-                client.subscribe(flt, options=self._subscribe_options(flt, qos))
+                _, mid = client.subscribe(flt, options=self._subscribe_options(flt, qos))
             else:
-                client.subscribe(flt, qos=qos)
-        self.publish(self._status_topic, orjson.dumps({"state": "online"}), qos=1, retain=True)
+                _, mid = client.subscribe(flt, qos=qos)
+            if mid is not None:
+                self._pending_subscriptions[mid] = flt
+        self.publish(
+            self._status_topic,
+            orjson.dumps({"state": "online"}),
+            qos=1,
+            retain=True,
+            on_done=log_refusal(self._status_topic),
+        )
         self._connected.set()
         log.info("connected to %s (session present: %s)", self._config.url, self._session_present)
         if self._on_state:
@@ -348,6 +359,20 @@ class MqttConnection:
     ) -> None:
         self._outbox.on_publish(mid, refusal(reason))
 
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        flt = self._pending_subscriptions.pop(mid, None)
+        if flt is None:
+            return
+        refused = next((r for r in reasons if getattr(r, "is_failure", False)), None)
+        if refused is None:
+            self.subscription_errors.pop(flt, None)
+            return
+        why = f"{refused} (0x{int(refused.value):02x})"
+        self.subscription_errors[flt] = why
+        log.error("the broker refused the subscription to %r: %s", flt, why)
+
     # -- helpers -------------------------------------------------------------------
 
     def _subscribe_options(self, flt: str, qos: int) -> SubscribeOptions:
@@ -391,6 +416,16 @@ class MqttConnection:
         payload MQTT cannot carry.
         """
         self._outbox.publish(topic, payload, qos, retain, on_done, token)
+
+
+def log_refusal(topic: str) -> Outcome:
+    """An outcome for the module's own messages (status, reported): a refusal is logged."""
+
+    def outcome(refused: str | None) -> None:
+        if refused is not None:
+            log.error("the broker refused the message on %r: %s", topic, refused)
+
+    return outcome
 
 
 def _refuse(message: Message) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 
@@ -31,7 +32,11 @@ def load_npy(payload: bytes) -> Array:
         reader = _READERS.get(version)
         if reader is None:
             raise ValueError(f"format version {version[0]}.{version[1]} (1.0 or 2.0 expected)")
-        shape, fortran, dtype = reader(stream)
+        # numpy parses the header as Python literals: a crafted one makes the
+        # parser warn on stderr, which would break the JSON log lines.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shape, fortran, dtype = reader(stream)
     except Exception as exc:  # numpy's header parser raises many kinds; all mean a bad header
         raise ReadingError(
             "bad_npy",

@@ -16,6 +16,7 @@ import orjson
 from edgeinfer.errors import UpdateError
 from edgeinfer.manifest import Manifest
 from edgeinfer.serving.selftest import check_self_test_spec
+from edgeinfer.updates.download import shown
 from edgeinfer.updates.states import Target
 from edgeinfer.updates.store import check_part
 
@@ -145,8 +146,9 @@ def _parse_rest(
     if url is not None:
         if not isinstance(url, str) or urlsplit(url).scheme not in allowed_schemes:
             scheme = urlsplit(url).scheme if isinstance(url, str) else type(url).__name__
+            shown_url = shown(url) if isinstance(url, str) else url
             raise UpdateError(
-                f"model.url {url!r} has scheme {scheme!r}: expected one of "
+                f"model.url {shown_url!r} has scheme {scheme!r}: expected one of "
                 f"{', '.join(allowed_schemes)}"
             )
         if not isinstance(sha256, str) or not _SHA256.match(sha256):

@@ -67,7 +67,9 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         scheme = urlsplit(newurl).scheme
         if scheme not in self._schemes:
             allowed = ", ".join(f"{s}://" for s in self._schemes)
-            raise UpdateError(f"{url} redirected to a {scheme}:// URL: expected {allowed} only")
+            raise UpdateError(
+                f"{shown(url)} redirected to a {scheme}:// URL: expected {allowed} only"
+            )
 
     def redirect_request(
         self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Any,
@@ -136,10 +138,12 @@ class Downloader:
             except _TransientError as exc:
                 if attempt == self._retries:
                     raise UpdateError(
-                        f"download of {url} failed after {attempt + 1} attempts: {exc}"
+                        f"download of {shown(url)} failed after {attempt + 1} attempts: {exc}"
                     ) from None
                 delay = min(8.0, 0.5 * 2**attempt)
-                log.warning("download of %s interrupted (%s); resuming in %.1f s", url, exc, delay)
+                log.warning(
+                    "download of %s interrupted (%s); resuming in %.1f s", shown(url), exc, delay
+                )
                 if _sleep_unless(delay, cancelled):
                     raise SupersededError from None
         return part
@@ -149,10 +153,14 @@ class Downloader:
         done = self._dir / f"{sha256}.model"
         if part.stat().st_size != size:
             part.unlink(missing_ok=True)
-            raise UpdateError(f"the file from {url} is not the declared {size} bytes (model.size)")
+            raise UpdateError(
+                f"the file from {shown(url)} is not the declared {size} bytes (model.size)"
+            )
         if _sha256(part) != sha256:
             part.unlink(missing_ok=True)
-            raise UpdateError(f"sha256 mismatch for {url}: the file is not the declared {sha256}")
+            raise UpdateError(
+                f"sha256 mismatch for {shown(url)}: the file is not the declared {sha256}"
+            )
         part.replace(done)
         return done
 
@@ -195,7 +203,9 @@ class Downloader:
                 while chunk := src.read(CHUNK):
                     copied += len(chunk)
                     if copied > size:
-                        raise UpdateError(f"{url} is not the declared {size} bytes (model.size)")
+                        raise UpdateError(
+                            f"{shown(url)} is not the declared {size} bytes (model.size)"
+                        )
                     _write(dst, part, chunk)
                     progress(copied, size)
                     if cancelled():
@@ -217,13 +227,13 @@ class Downloader:
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code == 429:
                 raise _TransientError(f"HTTP {exc.code} {exc.reason}") from None
-            raise UpdateError(f"HTTP {exc.code} {exc.reason} for {url}") from None
+            raise UpdateError(f"HTTP {exc.code} {exc.reason} for {shown(url)}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise _TransientError(str(getattr(exc, "reason", exc))) from None
         with response:
             if response.status == 206 and have:
                 mode = "ab"
-                log.info("resuming %s at byte %d", url, have)
+                log.info("resuming %s at byte %d", shown(url), have)
             else:
                 mode, have = "wb", 0  # the server ignored Range: start over
             with part.open(mode) as out:
@@ -242,7 +252,7 @@ class Downloader:
                 have += len(chunk)
                 if have > size:
                     raise UpdateError(
-                        f"{url} sent more than the declared size {size} bytes (model.size)"
+                        f"{shown(url)} sent more than the declared size {size} bytes (model.size)"
                     )
                 _write(out, part, chunk)
                 progress(have, size)
@@ -253,6 +263,16 @@ class Downloader:
         except (http.client.IncompleteRead, ConnectionError, OSError) as exc:
             raise _TransientError(f"connection broke at byte {have}: {exc}") from exc
         return have
+
+
+def shown(url: str) -> str:
+    """``url`` as errors and logs show it: without ``user:password@``."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"***@{host}{port}").geturl()
 
 
 def _write(out: IO[bytes], part: Path, chunk: bytes) -> None:

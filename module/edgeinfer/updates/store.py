@@ -274,6 +274,24 @@ class ModelStore:
                 os.fsync(handle.fileno())
             tmp.replace(self._state_path)
 
+    def set_probation(self, version: StoredVersion | None) -> None:
+        """Record the version on probation (None: none is), so a restart does not skip it."""
+        with self._lock:
+            state = self.read_state()
+            if version is None:
+                if state.pop("probation", None) is None:
+                    return
+            else:
+                state["probation"] = {"name": version.name, "version": version.version}
+            self.write_state(state)
+
+    def on_probation(self) -> tuple[str, str] | None:
+        """The (name, version) recorded as on probation, if any."""
+        record = self.read_state().get("probation")
+        if isinstance(record, dict) and {"name", "version"} <= set(record):
+            return str(record["name"]), str(record["version"])
+        return None
+
     def is_failed(self, name: str, version: str) -> bool:
         return f"{name}/{version}" in self.read_state().get("failed", [])
 

@@ -16,12 +16,15 @@ Runs on the updater thread; the engine thread only feeds :meth:`observe`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
 from edgeinfer.config import UpdatesConfig
+from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.pipeline.engine import BatchOutcome
+from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.updates.probation import Probation
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.served import Served, close_when_released
@@ -68,8 +71,39 @@ class Switcher:
         self.probation = Probation.start(
             self._config, loaded, stored, old, old_stored, target, applied
         )
+        self._store.set_probation(stored)
         self._reporter.step(UpdateState.PROBATION, target)
         self.check()
+
+    def resume(self, options: RuntimeOptions) -> None:
+        """After a restart: a model that was on probation is watched again, from the start.
+
+        A crash must not turn an unproven model into an accepted one. The model
+        to go back to is ``previous``; if it cannot be loaded any more, there is
+        nothing to roll back to and the model is kept (logged).
+        """
+        record = self._store.on_probation()
+        served = self._served.stored
+        if record is None:
+            return
+        previous = self._store.link("previous")
+        if served is None or record != (served.name, served.version) or previous is None:
+            self._store.set_probation(None)  # it was rolled back at start, or nothing to go back to
+            return
+        try:
+            old = admit(previous.model_file, previous.manifest(), options)
+        except (UpdateError, ModelError) as exc:
+            log.error("%s was on probation, but previous cannot be loaded (%s): kept", record, exc)
+            self._store.set_probation(None)
+            return
+        released = threading.Event()
+        released.set()  # the old model is not in the engine
+        target = Target(served.name, served.version)
+        self.probation = Probation.start(
+            self._config, self._served.loaded, served, old, previous, target, released
+        )
+        log.warning("%s was on probation when the module stopped: watching it again", target)
+        self._reporter.step(UpdateState.PROBATION, target)
 
     def check(self) -> None:
         """Roll back a misbehaving candidate, or accept one whose probation is over."""
@@ -100,6 +134,7 @@ class Switcher:
 
     def _accept(self, probation: Probation) -> None:
         self.probation = None
+        self._store.set_probation(None)
         close_when_released(probation.applied, probation.old)
         self._reporter.step(UpdateState.ACTIVE, probation.target)
         for version in self._store.prune(self._config.keep_versions):
@@ -108,6 +143,7 @@ class Switcher:
 
     def _roll_back(self, probation: Probation, reason: str | None, failed: bool) -> None:
         self.probation = None
+        self._store.set_probation(None)
         if reason is not None:
             log.error("rolling back %s: %s", probation.target, reason)
         back = self._served.restore(

@@ -91,6 +91,8 @@ class Updater:
         self._last_document: tuple[bytes, bool] | None = None  # (payload, it failed)
         self._local_due: dict[str, float] = {}
         self._report_due = False
+        self._resume_due = True  # a probation the last run did not finish
+        self._options = options
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="updater", daemon=True)
 
@@ -155,11 +157,14 @@ class Updater:
                     return
                 desired, self._desired = self._desired, None
                 report, self._report_due = self._report_due, False
+                resume, self._resume_due = self._resume_due, False
                 now = time.monotonic()
                 local = [k for k, due in self._local_due.items() if due <= now]
                 for kind in local:
                     del self._local_due[kind]
             try:
+                if resume:
+                    self._switcher.resume(self._options)
                 if report:
                     self._reporter.publish()
                 if desired is not None:
