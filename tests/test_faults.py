@@ -285,3 +285,28 @@ def test_the_module_never_has_more_answers_in_flight_than_the_brokers_receive_ma
             pub.close()
         finally:
             strict.close()
+
+
+def test_a_link_that_stalls_without_closing_is_noticed_and_nothing_is_lost(
+    broker: LocalBroker,
+    proxy: TcpProxy,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
+) -> None:
+    module = ModuleProcess(
+        proxy.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_BROKER_KEEPALIVE_S": "5"}
+    ).start()
+    modules.append(module)
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    proxy.stall()  # packets stop; no FIN, no RST
+    for i in range(100):
+        pub.send(module.topic("imu"), reading(recordings, i))
+    pub.flush()
+    assert wait_until(lambda: module.http_get("/readyz")[0] == 503, 20), "stall never noticed"
+    proxy.resume()
+    assert wait_until(lambda: {d["id"] for d in sink.docs()} >= set(range(100)), 30)
+    assert module.metric("edgeinfer_broker_connects_total") >= 2
+    sink.close()
+    pub.close()
