@@ -1,4 +1,4 @@
-"""A model ready to serve: a loaded runtime, its manifest and where it came from."""
+"""A model ready to serve: a loaded runtime, its manifest, its batch axes and label rule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.errors import ModelError
 from edgeinfer.manifest import Manifest, ModelIdentity, load_manifest
 from edgeinfer.runtimes import load_model
+from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Model
+from edgeinfer.runtimes.labels import LabelRule
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,7 +29,21 @@ class LoadedModel:
     manifest: Manifest
     path: Path
     sha256: str
+    axes: BatchAxes | None = None  # None: found from the signature (before any probe)
+    label_rule: LabelRule | None = None
     loaded_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.axes is None:
+            # Frozen: set once, during construction.
+            axes = infer_batch_axes(self.model.inputs, self.model.outputs, self.manifest.batch_axes)
+            object.__setattr__(self, "axes", axes)
+
+    @property
+    def batch_axes(self) -> BatchAxes:
+        """The batch axes (always set after construction)."""
+        assert self.axes is not None
+        return self.axes
 
     @property
     def identity(self) -> ModelIdentity:
@@ -46,14 +63,38 @@ def load(
     threads: int = 0,
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> LoadedModel:
-    """Load ``path`` with ``manifest`` (default: the one beside it); raises ModelError."""
-    model = load_model(path, threads=threads, providers=providers)
+    """Load ``path`` with ``manifest`` (default: the one beside it); raises ModelError.
+
+    The manifest's ``batch_axes``, ``label_output`` and ``score_output`` must
+    name the model's inputs and outputs.
+    """
+    manifest = manifest if manifest is not None else load_manifest(path)
+    model = load_model(path, threads, providers, manifest.quantized_io)
     try:
-        manifest = manifest if manifest is not None else load_manifest(path)
+        _check_names(model, manifest)
         # Hashed here, not taken from the manifest: what is reported must be
         # the bytes actually loaded.
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        axes = infer_batch_axes(model.inputs, model.outputs, manifest.batch_axes)
+        rule = LabelRule.find(
+            model.outputs, manifest.labels, manifest.label_output, manifest.score_output
+        )
     except BaseException:
         model.close()
         raise
-    return LoadedModel(model, manifest, path, digest)
+    return LoadedModel(model, manifest, path, digest, axes, rule)
+
+
+def _check_names(model: Model, manifest: Manifest) -> None:
+    inputs = [s.name for s in model.inputs]
+    outputs = [s.name for s in model.outputs]
+    for name in manifest.batch_axes:
+        if name not in inputs + outputs:
+            raise ModelError(
+                f"manifest batch_axes names {name!r}: expected one of the inputs {inputs} "
+                f"or outputs {outputs}"
+            )
+    for key in ("label_output", "score_output"):
+        name = getattr(manifest, key)
+        if name is not None and name not in outputs:
+            raise ModelError(f"manifest {key} = {name!r}: expected one of the outputs {outputs}")

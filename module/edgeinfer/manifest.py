@@ -45,6 +45,12 @@ class Manifest:
     labels: tuple[str, ...] = ()
     self_test: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
+    #: Where the model does not say: the batch axis of an input or output (None: none).
+    batch_axes: Mapping[str, int | None] = field(default_factory=dict)
+    label_output: str | None = None
+    score_output: str | None = None
+    #: Quantized TFLite: "float" (quantize inputs, dequantize outputs) or "raw".
+    quantized_io: str = "float"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,6 +71,13 @@ class Manifest:
         doc["self_test"] = dict(self.self_test)
         if self.source is not None:
             doc["source"] = self.source
+        if self.batch_axes:
+            doc["batch_axes"] = dict(self.batch_axes)
+        for key in ("label_output", "score_output"):
+            if getattr(self, key) is not None:
+                doc[key] = getattr(self, key)
+        if self.quantized_io != "float":
+            doc["quantized_io"] = self.quantized_io
         return doc
 
     def to_json(self) -> bytes:
@@ -88,7 +101,23 @@ class Manifest:
         fmt = doc.get("format")
         if fmt is not None and fmt not in ("onnx", "tflite"):
             raise ModelError(f'{where}: format = {fmt!r}: expected "onnx" or "tflite"')
-        known = {"name", "version", "format", "sha256", "size", "labels", "self_test", "source"}
+        batch_axes = doc.get("batch_axes") or {}
+        if not isinstance(batch_axes, dict) or not all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            for v in batch_axes.values()
+        ):
+            raise ModelError(
+                f"{where}: batch_axes = {batch_axes!r}: expected {{input or output name: "
+                "axis >= 0, or null for none}"
+            )
+        for key in ("label_output", "score_output"):
+            if doc.get(key) is not None and not isinstance(doc[key], str):
+                raise ModelError(f"{where}: {key} = {doc[key]!r}: expected an output name")
+        quantized_io = doc.get("quantized_io", "float")
+        if quantized_io not in ("float", "raw"):
+            raise ModelError(f'{where}: quantized_io = {quantized_io!r}: expected "float" or "raw"')
+        known = {"name", "version", "format", "sha256", "size", "labels", "self_test", "source",
+                 "batch_axes", "label_output", "score_output", "quantized_io"}  # fmt: skip
         return cls(
             name=str(doc.get("name") or default_name),
             version=str(doc.get("version") or UNVERSIONED),
@@ -98,6 +127,10 @@ class Manifest:
             labels=tuple(labels),
             self_test=self_test,
             source=str(doc["source"]) if doc.get("source") is not None else None,
+            batch_axes=batch_axes,
+            label_output=doc.get("label_output"),
+            score_output=doc.get("score_output"),
+            quantized_io=quantized_io,
             extra={k: v for k, v in doc.items() if k not in known},
         )
 

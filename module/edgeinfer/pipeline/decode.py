@@ -1,19 +1,22 @@
 """Decode stage: a reading's bytes into model-ready arrays, or a ReadingError.
 
-Accepted payloads (see SPEC.md, "Readings"):
+Accepted payloads (docs/reference.md, "Readings"):
 
 * ``{"features": [...], "id": ..., "ts": ...}`` for single-input models,
 * ``{"inputs": {"<name>": [...] | scalar, ...}}`` for models with several inputs,
 * a bare JSON array, the same as ``{"features": [...]}``,
-* ``.npy`` bytes (magic ``\\x93NUMPY``), loaded without pickle.
+* ``.npy`` bytes (magic ``\\x93NUMPY``) for the single input, and ``.npz``
+  bytes (a zip of ``<input name>.npy``) for several, loaded without pickle.
 
-Each array is cast to its input's dtype; one whose size matches the sample
-shape is reshaped, and a missing batch dimension is added. A reading may carry
-several rows (a leading batch dimension) when the model's batch is dynamic.
+Each array is cast to its input's dtype and fitted to its shape around the
+input's batch axis (:mod:`edgeinfer.runtimes.axes`). A reading's ``bucket``
+says which readings may share a run: the same sample shapes, and the same
+values for the inputs that have no batch axis.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,31 +24,40 @@ import orjson
 
 from edgeinfer.errors import ReadingError
 from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
-from edgeinfer.pipeline.npy import load_npy
-from edgeinfer.pipeline.tensors import as_numeric_array, cast, fit_shape
+from edgeinfer.pipeline.npy import ZIP_MAGIC, load_npy, load_npz
+from edgeinfer.pipeline.tensors import as_value_array, cast, fit_shape
+from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Array, TensorSpec
+
+Bucket = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
 class Reading:
-    """A decoded reading: one array per model input, each with the batch dimension."""
+    """A decoded reading: one array per model input, shaped as the model takes it."""
 
     feeds: dict[str, Array]
     rows: int
     id: Any = None
     ts: Any = None
+    bucket: Bucket = ()
 
 
 class Decoder:
     """Turns payloads into :class:`Reading` objects for one model's inputs."""
 
     def __init__(
-        self, inputs: tuple[TensorSpec, ...], max_bytes: int, allow_non_finite: bool = False
+        self,
+        inputs: tuple[TensorSpec, ...],
+        max_bytes: int,
+        allow_non_finite: bool = False,
+        axes: BatchAxes | None = None,
     ) -> None:
         self._inputs = inputs
         self._by_name = {spec.name: spec for spec in inputs}
         self._max_bytes = max_bytes
         self._allow_non_finite = allow_non_finite
+        self._axes = (axes or infer_batch_axes(inputs, ())).inputs
 
     def decode(self, payload: bytes) -> Reading:
         """Decode one payload; raises :class:`ReadingError` naming what was expected.
@@ -62,6 +74,8 @@ class Decoder:
             )
         if payload.startswith(NPY_MAGIC):
             return self._from_arrays({self._single_input().name: load_npy(payload)})
+        if payload.startswith(ZIP_MAGIC):
+            return self._from_arrays(load_npz(payload, self._max_bytes * 16))
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -118,7 +132,7 @@ class Decoder:
             raise ReadingError(
                 "bad_payload",
                 f"this model has {len(self._inputs)} inputs "
-                f'{self._names()}: expected {{"inputs": {{name: array}}}}',
+                f'{self._names()}: expected {{"inputs": {{name: array}}}} or .npz bytes',
             )
         return self._inputs[0]
 
@@ -130,21 +144,36 @@ class Decoder:
                 "bad_payload",
                 f"inputs {sorted(values)} do not match the model: expected exactly {self._names()}",
             )
-        feeds = {
-            name: self._to_tensor(self._by_name[name], value) for name, value in values.items()
-        }
-        rows = {name: len(arr) for name, arr in feeds.items()}
-        if len(set(rows.values())) != 1:
+        feeds: dict[str, Array] = {}
+        rows: dict[str, int] = {}
+        for spec in self._inputs:
+            arr = cast(spec, as_value_array(spec, values[spec.name]), self._allow_non_finite)
+            axis = self._axes.get(spec.name)
+            feeds[spec.name], count = fit_shape(spec, arr, axis)
+            if axis is not None:
+                rows[spec.name] = count
+        if len(set(rows.values())) > 1:
             raise ReadingError(
                 "wrong_shape",
                 f"inputs carry different numbers of rows {rows}: "
                 "expected the same batch size for every input",
             )
-        return Reading(feeds, next(iter(rows.values())), rid, ts)
+        return Reading(feeds, next(iter(rows.values()), 1), rid, ts, self._bucket(feeds))
 
-    def _to_tensor(self, spec: TensorSpec, value: Any) -> Array:
-        arr = as_numeric_array(spec, value)
-        return fit_shape(spec, cast(spec, arr, self._allow_non_finite))
+    def _bucket(self, feeds: dict[str, Array]) -> Bucket:
+        """Readings with the same key can be stacked along their batch axes."""
+        key: list[Any] = []
+        for spec in self._inputs:
+            arr = feeds[spec.name]
+            axis = self._axes.get(spec.name)
+            if axis is None:
+                # Given whole (a sample rate, say): only equal values share a run.
+                raw = orjson.dumps(arr.tolist()) if arr.dtype.kind == "O" else arr.tobytes()
+                digest = hashlib.blake2b(raw, digest_size=16).digest()
+                key.append((arr.shape, str(arr.dtype), digest))
+            else:
+                key.append(arr.shape[:axis] + arr.shape[axis + 1 :])
+        return tuple(key)
 
 
 def _peek_id(payload: bytes) -> object:

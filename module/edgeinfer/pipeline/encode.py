@@ -1,30 +1,35 @@
-"""Encode stage: a reading's slice of the batch outputs into the result payload."""
+"""Encode stage: a reading's share of the outputs into the result payload."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import orjson
 
 from edgeinfer.manifest import ModelIdentity
-from edgeinfer.runtimes.base import Array
+from edgeinfer.pipeline.outputs import json_ready
+from edgeinfer.runtimes.base import Value
+from edgeinfer.runtimes.labels import LabelRule
 
-_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# Maps keep their keys, also when they are numbers (a classifier's class ids).
+_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def encode_result(
     topic: str,
     identity: ModelIdentity,
-    outputs: dict[str, Array],
+    outputs: Mapping[str, Value],
     rid: Any,
     ts: Any,
     latency_ms: float,
+    rule: LabelRule | None = None,
 ) -> bytes:
-    """Return the JSON result for one reading (SPEC.md, "Results").
+    """Return the JSON result for one reading (docs/reference.md, "Results").
 
-    ``label`` and ``score`` (the argmax of the first output) are added when the
-    model has labels: a single value for a one-row reading, lists otherwise.
+    ``label`` and ``score`` come from ``rule`` (see :class:`LabelRule`); without
+    one, from the argmax of the first output when the model has labels: a
+    single value for a one-row reading, lists otherwise.
     """
     doc: dict[str, Any] = {
         "id": rid,
@@ -32,17 +37,14 @@ def encode_result(
         "topic": topic,
         "model": identity.name,
         "version": identity.version,
-        "outputs": {name: np.ascontiguousarray(value) for name, value in outputs.items()},
+        "outputs": {name: json_ready(value) for name, value in outputs.items()},
         "latency_ms": round(latency_ms, 3),
     }
-    if identity.labels:
-        scores = np.asarray(next(iter(outputs.values())))
-        flat = scores.reshape(len(scores), -1)
-        best = flat.argmax(axis=1)
-        labels = [identity.labels[i] if i < len(identity.labels) else str(i) for i in best]
-        values = [float(flat[row, i]) for row, i in enumerate(best)]
-        doc["label"] = labels[0] if len(labels) == 1 else labels
-        doc["score"] = values[0] if len(values) == 1 else values
+    if rule is None and identity.labels and outputs:
+        rule = LabelRule(None, next(iter(outputs)))
+    found = rule.apply(outputs, identity.labels) if rule is not None else None
+    if found is not None:
+        doc["label"], doc["score"] = found
     return _compact(orjson.dumps(doc, option=_DUMP_OPTIONS))
 
 

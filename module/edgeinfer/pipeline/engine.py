@@ -11,11 +11,12 @@ Threads, and what each one owns:
   model between two batches.
 
 Batches close when ``max_batch`` readings are taken or ``max_delay_ms`` has
-passed. Only models whose inputs all have a dynamic batch dimension are
-batched. Answers are handed on in the order readings were taken from the
-queue, so results for one topic keep the readings' order. Every reading gets
-exactly one answer: its result, or its own error report; a failure of one
-reading never answers its batch-mates with an error.
+passed; :mod:`.runner` runs them in shape buckets along each input's batch
+axis (a model that cannot be batched runs one reading at a time). Answers are
+handed on in the order readings were taken from the queue, so results for one
+topic keep the readings' order. Every reading gets exactly one answer: its
+result, or its own error report; a failure of one reading never answers its
+batch-mates with an error.
 """
 
 from __future__ import annotations
@@ -26,10 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-
-from edgeinfer.errors import ModelError, ReadingError
+from edgeinfer.errors import ReadingError
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.batching import STOP, WAKE, ReadingQueue
@@ -37,7 +35,8 @@ from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
-from edgeinfer.runtimes.base import Array, batchable
+from edgeinfer.pipeline.runner import Runner
+from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError
 
 log = logging.getLogger(__name__)
@@ -93,9 +92,13 @@ class Engine:
     def _use(self, active: LoadedModel) -> None:
         self._active = active
         self._decoder = Decoder(
-            active.model.inputs, self._settings.max_payload_bytes, self._settings.allow_non_finite
+            active.model.inputs,
+            self._settings.max_payload_bytes,
+            self._settings.allow_non_finite,
+            active.batch_axes,
         )
-        self._max_batch = self._settings.max_batch if batchable(active.model) else 1
+        self._max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
+        self._runner = Runner(self._max_batch, self._observe_run)
 
     @property
     def active(self) -> LoadedModel:
@@ -201,106 +204,53 @@ class Engine:
                 self._responder.error(message, _internal())
         if not decoded:
             return
-        started = time.perf_counter()
-        try:
-            outputs = self._run(active, [r for _, r in decoded])
-        except ModelError:
-            failed = self._answer_one_by_one(active, decoded, answered)
-            self._report(active, len(decoded), failed, 0, time.perf_counter() - started)
-            return
-        elapsed = time.perf_counter() - started
-        self._publish_results(active, decoded, outputs, answered)
-        self._report(active, len(decoded), 0, _non_finite_rows(outputs), elapsed)
-
-    def _answer_one_by_one(
-        self, active: LoadedModel, decoded: list[tuple[Message, Reading]], answered: set[int]
-    ) -> int:
-        """Run each reading alone so one bad reading does not fail its batch-mates."""
-        failed = 0
-        for message, reading in decoded:
-            try:
-                outputs = self._run(active, [reading])
-            except ModelError as exc:
-                answered.add(id(message))
-                self._responder.error(
-                    message, ReadingError("inference_failed", str(exc), reading.id)
-                )
-                failed += 1
-                continue
-            self._publish_results(active, [(message, reading)], outputs, answered)
-        return failed
-
-    def _report(
-        self, active: LoadedModel, readings: int, failed: int, non_finite: int, seconds: float
-    ) -> None:
-        outcome = BatchOutcome(active, readings, failed, non_finite, seconds)
+        answers, stats = self._runner.answer(active, [r for _, r in decoded])
+        now = time.perf_counter()
+        for (message, reading), answer in zip(decoded, answers, strict=True):
+            answered.add(id(message))
+            if isinstance(answer, ReadingError):
+                self._responder.error(message, answer)
+            else:
+                self._publish_result(active, message, reading, answer, now)
+        outcome = BatchOutcome(active, len(decoded), stats.failed, stats.non_finite, stats.seconds)
         for observer in self._observers:
             observer(outcome)
 
-    def _run(self, active: LoadedModel, readings: list[Reading]) -> dict[str, Array]:
-        if len(readings) == 1:
-            feeds = readings[0].feeds
-        else:
-            feeds = {
-                name: np.concatenate([r.feeds[name] for r in readings])
-                for name in readings[0].feeds
-            }
-        started = time.perf_counter()
-        outputs = active.model.run(feeds)
-        self._metrics.inference_seconds.observe(time.perf_counter() - started)
-        self._metrics.batch_size.observe(len(readings))
-        return outputs
+    def _observe_run(self, seconds: float, readings: int) -> None:
+        self._metrics.inference_seconds.observe(seconds)
+        self._metrics.batch_size.observe(readings)
 
-    def _publish_results(
+    def _publish_result(
         self,
         active: LoadedModel,
-        decoded: list[tuple[Message, Reading]],
-        outputs: dict[str, Array],
-        answered: set[int],
+        message: Message,
+        reading: Reading,
+        outputs: dict[str, Value],
+        now: float,
     ) -> None:
-        start = 0
-        now = time.perf_counter()
-        for message, reading in decoded:
-            end = start + reading.rows
-            sliced = {name: value[start:end] for name, value in outputs.items()}
-            start = end
-            answered.add(id(message))
-            try:
-                topic = self._settings.output.render(message.topic, self._settings.module_id)
-            except TopicTooLongError as exc:
-                self._responder.error(message, ReadingError("bad_topic", str(exc), reading.id))
-                continue
-            try:
-                payload = encode_result(
-                    message.topic,
-                    active.identity,
-                    sliced,
-                    reading.id,
-                    reading.ts,
-                    (now - message.received) * 1000,
-                )
-            except Exception:  # an encoder bug: this reading's error, not its batch's
-                log.exception("unexpected failure encoding a result for %s", message.topic)
-                self._responder.error(message, _internal(reading.id))
-                continue
-            self._responder.result(message, topic, payload, reading.id)
+        try:
+            topic = self._settings.output.render(message.topic, self._settings.module_id)
+        except TopicTooLongError as exc:
+            self._responder.error(message, ReadingError("bad_topic", str(exc), reading.id))
+            return
+        try:
+            payload = encode_result(
+                message.topic,
+                active.identity,
+                outputs,
+                reading.id,
+                reading.ts,
+                (now - message.received) * 1000,
+                active.label_rule,
+            )
+        except Exception:  # an encoder bug: this reading's error, not its batch's
+            log.exception("unexpected failure encoding a result for %s", message.topic)
+            self._responder.error(message, _internal(reading.id))
+            return
+        self._responder.result(message, topic, payload, reading.id)
 
 
 def _internal(rid: object = None) -> ReadingError:
     return ReadingError(
         "internal_error", "the module failed to answer this reading; see its log", rid
     )
-
-
-def _non_finite_rows(outputs: dict[str, Array]) -> int:
-    """How many rows of the batch have a NaN or infinity in any float output."""
-    bad: npt.NDArray[np.bool_] | None = None
-    for value in outputs.values():
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "fc" or arr.ndim == 0:
-            continue
-        rows: npt.NDArray[np.bool_] = np.asarray(
-            ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        )
-        bad = rows if bad is None or bad.shape != rows.shape else bad | rows
-    return int(bad.sum()) if bad is not None else 0

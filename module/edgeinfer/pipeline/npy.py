@@ -1,4 +1,4 @@
-"""``.npy`` payloads, read without pickle and without trusting the header.
+"""``.npy`` and ``.npz`` payloads, read without pickle and without trusting the header.
 
 The header declares a shape and a dtype; the array is only made when the
 payload carries exactly the bytes they imply, so a header that declares a
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+import zipfile
 
 import numpy as np
 
@@ -58,3 +59,40 @@ def load_npy(payload: bytes) -> Array:
         )
     flat = np.frombuffer(payload, dtype=dtype, count=count, offset=stream.tell())
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_npz(payload: bytes, max_bytes: int) -> dict[str, Array]:
+    """The arrays of an ``.npz`` payload (``numpy.savez``), by name, without pickle.
+
+    Compressed members are sized from the zip directory before anything is
+    inflated: more than ``max_bytes`` in all is refused (a zip bomb stops there).
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ReadingError("bad_npy", f"cannot read .npz payload ({exc}): {_EXPECTED_NPZ}") from exc
+    total = sum(m.file_size for m in members)
+    if total > max_bytes:
+        raise ReadingError(
+            "oversize",
+            f".npz payload unpacks to {total} bytes: expected at most {max_bytes} "
+            "(pipeline.max_payload_bytes)",
+        )
+    arrays: dict[str, Array] = {}
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        try:
+            data = archive.read(member)
+        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
+            raise ReadingError("bad_npy", f"cannot read {member.filename!r} ({exc})") from exc
+        if not data.startswith(MAGIC):
+            raise ReadingError("bad_npy", f"{member.filename!r} is not .npy: {_EXPECTED_NPZ}")
+        arrays[name] = load_npy(data)
+    return arrays
+
+
+_EXPECTED_NPZ = "expected arrays saved with numpy.savez, one per input name"

@@ -4,6 +4,10 @@ A cast never changes a value silently: NaN and infinity are refused before it
 (unless allowed), and a value the target dtype cannot hold (``1e39`` for
 float32, ``2147483648`` for int32, ``1.5`` for an integer) is refused, naming
 the range. Integer ranges are compared exactly, not through float32.
+
+A reading gives one sample (the input's shape without its batch axis) or
+several along the batch axis, wherever that axis is; an input without a batch
+axis (a scalar, a fixed shape) is given whole.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ReadingError
-from edgeinfer.runtimes.base import Array, TensorSpec
+from edgeinfer.runtimes.base import Array, TensorSpec, is_float, type_name
 
 
-def as_numeric_array(spec: TensorSpec, value: Any) -> Array:
-    """``value`` (nested lists, a scalar or an array) as a numeric numpy array."""
+def as_value_array(spec: TensorSpec, value: Any) -> Array:
+    """``value`` (nested lists, a scalar or an array) as a numpy array of numbers or strings."""
     if isinstance(value, np.ndarray):
         arr = value
     else:
@@ -29,12 +33,19 @@ def as_numeric_array(spec: TensorSpec, value: Any) -> Array:
             raise ReadingError(
                 "wrong_shape",
                 f"input {spec.name!r} is a ragged array: expected "
-                f"a rectangular array of shape {fmt_shape(spec.sample_shape)}",
+                f"a rectangular array of shape {fmt_shape(spec.shape)}",
             ) from exc
+    if spec.dtype.kind in "OUS":
+        if arr.dtype.kind != "U":
+            raise ReadingError(
+                "wrong_dtype", f"input {spec.name!r} holds {_kind_name(arr)}: expected strings"
+            )
+        return arr.astype(object)
     if arr.dtype.kind not in "biuf":
         raise ReadingError(
             "wrong_dtype",
-            f"input {spec.name!r} holds {_kind_name(arr)}: expected numbers for {spec.dtype.name}",
+            f"input {spec.name!r} holds {_kind_name(arr)}: "
+            f"expected numbers for {type_name(spec.dtype)}",
         )
     return arr
 
@@ -46,7 +57,7 @@ def cast(spec: TensorSpec, arr: Array, allow_non_finite: bool = False) -> Array:
         raise ReadingError(
             "not_finite", f"input {spec.name!r} holds NaN or infinity: expected finite numbers"
         )
-    if arr.dtype == target:
+    if arr.dtype == target or target.kind == "O":
         return arr
     if target.kind in "iu":
         _check_integers(spec, arr)
@@ -59,17 +70,25 @@ def cast(spec: TensorSpec, arr: Array, allow_non_finite: bool = False) -> Array:
         out = arr.astype(target, copy=False)
     # Overflow shows as infinity where the source was finite.
     if (
-        target.kind == "f"
+        is_float(target)
         and arr.dtype.kind in "iuf"
         and arr.size
-        and not np.array_equal(np.isfinite(out), np.isfinite(arr))
+        and not np.array_equal(np.isfinite(out.astype(np.float64)), np.isfinite(arr))
     ):
-        top = str(np.finfo(typing.cast("np.dtype[np.floating[Any]]", target)).max)
+        top = _float_max(target)
         raise ReadingError(
             "wrong_dtype",
-            f"input {spec.name!r} holds values outside {target.name} range [-{top}, {top}]",
+            f"input {spec.name!r} holds values outside {type_name(target)} range [-{top}, {top}]",
         )
     return out
+
+
+def _float_max(dtype: np.dtype[Any]) -> str:
+    if dtype.kind == "f":
+        return str(np.finfo(typing.cast("np.dtype[np.floating[Any]]", dtype)).max)
+    import ml_dtypes
+
+    return str(ml_dtypes.finfo(dtype).max)  # type: ignore[no-untyped-call]
 
 
 def _check_integers(spec: TensorSpec, arr: Array) -> None:
@@ -100,33 +119,50 @@ def _check_integers(spec: TensorSpec, arr: Array) -> None:
         )
 
 
-def fit_shape(spec: TensorSpec, arr: Array) -> Array:
-    """Reshape ``arr`` to ``[rows, *sample_shape]`` or raise naming the expected shape."""
-    sample = spec.sample_shape
-    if spec.batch_dim == "none":
-        if _matches(arr.shape, sample):
-            return arr[np.newaxis]
-        if _static_size(sample) == arr.size:
-            return arr.reshape((1, *_ints(sample)))
-        raise _shape_error(spec, arr)
+def fit_shape(spec: TensorSpec, arr: Array, axis: int | None) -> tuple[Array, int]:
+    """``arr`` shaped as the input takes it, and how many rows (along ``axis``) it holds.
+
+    ``axis`` None: the input is given whole (1 row). Otherwise a single sample
+    gets the batch axis inserted, a full-rank array keeps its rows, and a flat
+    array whose size fits the sample shape is reshaped.
+    """
+    if axis is None:
+        if _matches(arr.shape, spec.shape):
+            return arr, 1
+        size = _static_size(spec.shape)
+        if size is not None and arr.size == size:
+            return arr.reshape(_ints(spec.shape)), 1
+        raise _shape_error(spec, arr, spec.shape)
+    sample = spec.shape[:axis] + spec.shape[axis + 1 :]
     if _matches(arr.shape, sample):
-        arr = arr[np.newaxis]
-    elif arr.ndim == len(sample) + 1 and _matches(arr.shape[1:], sample):
+        arr = np.expand_dims(arr, axis)
+    elif arr.ndim == spec.rank and _matches(arr.shape[:axis] + arr.shape[axis + 1 :], sample):
         pass
     else:
-        size = _static_size(sample)
-        if size is None or size == 0 or arr.size % size:
-            raise _shape_error(spec, arr)
-        arr = arr.reshape((arr.size // size, *_ints(sample)))
-    if len(arr) == 0:
-        raise _shape_error(spec, arr)
-    if spec.batch_dim == "fixed" and len(arr) != 1:
+        arr = _reshape_flat(spec, arr, axis, sample)
+    rows = arr.shape[axis]
+    if rows == 0:
+        raise _shape_error(spec, arr, sample)
+    if not spec.is_dynamic(axis) and rows != spec.shape[axis]:
+        count = "one sample" if spec.shape[axis] == 1 else f"{spec.shape[axis]} samples"
         raise ReadingError(
             "wrong_shape",
-            f"input {spec.name!r} got {len(arr)} rows: the model "
-            f"takes one sample of shape {fmt_shape(sample)} at a time",
+            f"input {spec.name!r} got {rows} rows: the model takes {count} "
+            f"of shape {fmt_shape(sample)} at a time",
         )
-    return arr
+    return arr, rows
+
+
+def _reshape_flat(spec: TensorSpec, arr: Array, axis: int, sample: tuple[Any, ...]) -> Array:
+    """A flat (or differently nested) array whose size is whole samples."""
+    size = _static_size(sample)
+    if size is None or size == 0 or arr.size % size:
+        raise _shape_error(spec, arr, sample)
+    rows = arr.size // size
+    if rows != 1 and axis != 0:
+        raise _shape_error(spec, arr, sample)  # rows along an inner axis must be nested
+    flat = arr.reshape((rows, *_ints(sample)))
+    return flat if axis == 0 else np.expand_dims(flat[0], axis)
 
 
 def fmt_shape(shape: tuple[Any, ...]) -> str:
@@ -151,13 +187,13 @@ def _static_size(shape: tuple[Any, ...]) -> int | None:
     return None
 
 
-def _shape_error(spec: TensorSpec, arr: Array) -> ReadingError:
-    size = _static_size(spec.sample_shape)
+def _shape_error(spec: TensorSpec, arr: Array, sample: tuple[Any, ...]) -> ReadingError:
+    size = _static_size(sample)
     count = f"{size} values shaped " if size is not None else "values shaped "
     return ReadingError(
         "wrong_shape",
         f"input {spec.name!r} got shape {list(arr.shape)} "
-        f"({arr.size} values): expected {count}{fmt_shape(spec.sample_shape)}",
+        f"({arr.size} values): expected {count}{fmt_shape(sample)}",
     )
 
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgeinfer.errors import ModelError
-from edgeinfer.runtimes.base import Model, TensorSpec, batchable
+from edgeinfer.runtimes.base import Model, TensorSpec
 
-__all__ = ["Model", "TensorSpec", "batchable", "detect_format", "load_model"]
+__all__ = ["Model", "TensorSpec", "detect_format", "load_model"]
 
 FORMATS = ("onnx", "tflite")
 
@@ -40,15 +40,22 @@ def detect_format(path: Path) -> str:
 
 
 def load_model(
-    path: str | Path, threads: int = 0, providers: Sequence[str] = ("CPUExecutionProvider",)
+    path: str | Path,
+    threads: int = 0,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    quantized_io: str = "float",
 ) -> Model:
-    """Load ``path`` with the runtime its content calls for."""
+    """Load ``path`` with the runtime its content calls for.
+
+    ``quantized_io`` (TFLite): ``float`` quantizes inputs and dequantizes
+    outputs of a quantized model, ``raw`` passes its integers through.
+    """
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "tflite":
         from edgeinfer.runtimes.tflite import TFLiteModel
 
-        return TFLiteModel(path, threads=threads)
+        return TFLiteModel(path, threads=threads, quantized_io=quantized_io)
     from edgeinfer.runtimes.onnx import OnnxModel
 
     return OnnxModel(path, threads=threads, providers=providers)

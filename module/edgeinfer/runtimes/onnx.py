@@ -1,8 +1,16 @@
-"""ONNX Runtime backend."""
+"""ONNX Runtime backend.
+
+Inputs must be tensors (of any numeric type, bool, string, float16, bfloat16 or
+float8); a model with a sequence or map input is refused at load, naming it.
+Outputs may be tensors, sequences (a ZipMap's ``seq(map(...))`` included) or
+maps: ONNX Runtime returns lists and dicts for those, and they are passed on
+as they are.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,32 +19,49 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeinfer.errors import ModelError
-from edgeinfer.runtimes.base import Array, Dim, TensorSpec
+from edgeinfer.runtimes.base import MAP, SEQUENCE, Array, Dim, TensorSpec, Value
 
 log = logging.getLogger(__name__)
 
-_ORT_TYPES: dict[str, type[np.generic]] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64,
-    "tensor(bool)": np.bool_,
-}
+_NUMPY_TYPES: dict[str, Any] = {
+    "float": np.float32, "double": np.float64, "float16": np.float16,
+    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "bool": np.bool_, "string": np.object_,
+}  # fmt: skip
+#: Types numpy lacks: fed as OrtValues from the ml_dtypes arrays (name -> ONNX enum).
+_ML_TYPES = {"bfloat16": 16, "float8e4m3fn": 17, "float8e4m3fnuz": 18, "float8e5m2": 19,
+             "float8e5m2fnuz": 20}  # fmt: skip
+_TENSOR = re.compile(r"^tensor\((\w+)\)$")
 
 
-def _spec(arg: Any) -> TensorSpec:
-    if arg.type not in _ORT_TYPES:
-        raise ModelError(f"tensor {arg.name!r} has type {arg.type}, expected a numeric tensor")
+def _ml_dtype(name: str) -> Any:
+    import ml_dtypes
+
+    return {
+        "bfloat16": ml_dtypes.bfloat16,
+        "float8e4m3fn": ml_dtypes.float8_e4m3fn,
+        "float8e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
+        "float8e5m2": ml_dtypes.float8_e5m2,
+        "float8e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
+    }[name]
+
+
+def _spec(arg: Any, role: str) -> TensorSpec:
+    match = _TENSOR.match(arg.type)
     # ONNX Runtime gives an int for a fixed dim, a str (or None) for a symbolic one.
-    shape: tuple[Dim, ...] = tuple(arg.shape)
-    return TensorSpec(arg.name, np.dtype(_ORT_TYPES[arg.type]), shape)
+    shape: tuple[Dim, ...] = tuple(arg.shape) if isinstance(arg.shape, list) else ()
+    if match and match.group(1) in _NUMPY_TYPES:
+        return TensorSpec(arg.name, np.dtype(_NUMPY_TYPES[match.group(1)]), shape)
+    if match and match.group(1) in _ML_TYPES:
+        return TensorSpec(arg.name, np.dtype(_ml_dtype(match.group(1))), shape)
+    if role == "output" and arg.type.startswith(("seq(", "map(")):
+        kind = SEQUENCE if arg.type.startswith("seq(") else MAP
+        return TensorSpec(arg.name, np.dtype(object), (), kind, arg.type)
+    expected = "a tensor of a numeric, bool or string type"
+    if role == "output":
+        expected += ", a sequence or a map"
+    raise ModelError(f"{role} {arg.name!r} is {arg.type}: expected {expected}")
 
 
 def choose_providers(wanted: Sequence[str]) -> list[str]:
@@ -71,6 +96,9 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # ONNX Runtime logs to stderr in its own format; its errors reach us as
+        # exceptions and are reported as ours, so only fatal ones are let through.
+        options.log_severity_level = 4
         try:
             self._session = ort.InferenceSession(
                 str(path), sess_options=options, providers=choose_providers(providers)
@@ -78,16 +106,32 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
         self.providers = tuple(self._session.get_providers())
-        self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
-        self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
+        self.inputs = tuple(_spec(a, "input") for a in self._session.get_inputs())
+        self.outputs = tuple(_spec(a, "output") for a in self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
+        self._ml_inputs = {
+            s.name: _ML_TYPES[s.dtype.name.replace("_", "")]
+            for s in self.inputs
+            if s.dtype.name.replace("_", "") in _ML_TYPES
+        }
 
-    def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+    def run(self, feeds: Mapping[str, Array]) -> dict[str, Value]:
         try:
-            values = self._session.run(self._output_names, dict(feeds))
+            prepared: dict[str, Any] = dict(feeds)
+            for name, onnx_type in self._ml_inputs.items():
+                raw = np.ascontiguousarray(feeds[name])
+                view = raw.view(np.uint16 if raw.dtype.itemsize == 2 else np.uint8)
+                prepared[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(view, onnx_type)
+            values = self._session.run(self._output_names, prepared)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed: {exc}") from exc
-        return dict(zip(self._output_names, (np.asarray(v) for v in values), strict=True))
+        return dict(zip(self._output_names, (_value(v) for v in values), strict=True))
 
     def close(self) -> None:
         del self._session
+
+
+def _value(value: Any) -> Value:
+    if isinstance(value, list | dict):
+        return value
+    return np.asarray(value)

@@ -8,13 +8,15 @@ go through it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel, load
 from edgeinfer.manifest import Manifest
-from edgeinfer.serving.selftest import run_self_test
+from edgeinfer.serving.probe import verify_axes
+from edgeinfer.serving.selftest import run_self_test, test_feeds
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class RuntimeOptions:
 
 
 def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> LoadedModel:
-    """Load ``path`` and pass it through its self-test; the caller owns the result.
+    """Load ``path``, pass it through its self-test, settle its batch axes; the caller owns it.
 
     Raises:
         UpdateError: the model will not load, or fails its self-test; nothing
@@ -38,8 +40,11 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
     except (ModelError, OSError) as exc:
         raise UpdateError(f"the model will not load: {exc}") from exc
     try:
-        run_self_test(loaded.model, dict(loaded.self_test), options.self_test_runs)
+        spec = dict(loaded.self_test)
+        feeds = test_feeds(loaded.model, spec.get("inputs"), loaded.batch_axes)
+        run_self_test(loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds)
+        axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
     except BaseException:
         loaded.model.close()
         raise
-    return loaded
+    return dataclasses.replace(loaded, axes=axes)

@@ -17,7 +17,10 @@ import orjson
 
 from edgeinfer.errors import ModelError, ReadingError, UpdateError
 from edgeinfer.pipeline.decode import Decoder
-from edgeinfer.runtimes.base import Array, Model
+from edgeinfer.pipeline.outputs import json_ready
+from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
+from edgeinfer.runtimes.base import Array, Model, Value, float_view
+from edgeinfer.serving.feeds import generate_feeds
 
 SPEC_KEYS = {"inputs", "expect", "golden", "atol", "max_latency_ms"}
 EXPECT_KEYS = {"output", "shape", "min", "max"}
@@ -102,10 +105,20 @@ class SelfTestReport:
     outputs: dict[str, list[int]]  # output name -> shape
 
 
-def run_self_test(model: Model, spec: dict[str, Any] | None, runs: int = 20) -> SelfTestReport:
-    """Raise UpdateError naming the first check the model fails."""
+def run_self_test(
+    model: Model,
+    spec: dict[str, Any] | None,
+    runs: int = 20,
+    axes: BatchAxes | None = None,
+    feeds: dict[str, Array] | None = None,
+) -> SelfTestReport:
+    """Raise UpdateError naming the first check the model fails.
+
+    ``feeds``: the test reading already decoded (see :func:`test_feeds`).
+    """
     spec = spec or {}
-    feeds = _test_feeds(model, spec.get("inputs"))
+    if feeds is None:
+        feeds = test_feeds(model, spec.get("inputs"), axes)
     try:
         outputs = model.run(feeds)
         timings = []
@@ -114,12 +127,17 @@ def run_self_test(model: Model, spec: dict[str, Any] | None, runs: int = 20) -> 
             model.run(feeds)
             timings.append((time.perf_counter() - started) * 1000)
     except ModelError as exc:
-        raise UpdateError(f"self-test: the model failed to run its test reading: {exc}") from exc
+        hint = "" if spec.get("inputs") is not None else f" ({GENERATED_HINT})"
+        raise UpdateError(
+            f"self-test: the model failed to run its test reading: {exc}{hint}"
+        ) from exc
     for name, value in outputs.items():
-        if np.asarray(value).dtype.kind in "fc" and not np.isfinite(value).all():
-            raise UpdateError(
-                f"self-test: output {name!r} holds NaN or infinity: expected finite values"
-            )
+        if isinstance(value, np.ndarray):
+            arr = float_view(value)
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                raise UpdateError(
+                    f"self-test: output {name!r} holds NaN or infinity: expected finite values"
+                )
     _check_expect(outputs, spec.get("expect") or {})
     _check_golden(outputs, spec.get("golden") or {}, float(spec.get("atol", 1e-4)))
     p95 = float(np.percentile(timings, 95))
@@ -129,20 +147,20 @@ def run_self_test(model: Model, spec: dict[str, Any] | None, runs: int = 20) -> 
             f"self-test: p95 latency {p95:.2f} ms over {len(timings)} runs: "
             f"expected at most {limit} ms (self_test.max_latency_ms)"
         )
-    return SelfTestReport(p95, {k: list(np.shape(v)) for k, v in outputs.items()})
+    return SelfTestReport(p95, {k: _shape(v) for k, v in outputs.items()})
 
 
-def _test_feeds(model: Model, reading: Any) -> dict[str, Array]:
-    decoder = Decoder(model.inputs, max_bytes=1 << 26)
+GENERATED_HINT = (
+    "the test reading was generated from the signature; give the manifest a self_test "
+    "reading: edgeinfer inspect MODEL --manifest manifest.json --sample reading.json"
+)
+
+
+def test_feeds(model: Model, reading: Any, axes: BatchAxes | None = None) -> dict[str, Array]:
+    """The test reading decoded for ``model``, or one generated from its signature."""
     if reading is None:
-        # No test reading: zeros shaped like one sample still prove it loads and runs.
-        return {
-            s.name: np.zeros(
-                [1] + [d if isinstance(d, int) and d > 0 else 1 for d in s.sample_shape],
-                dtype=s.dtype,
-            )
-            for s in model.inputs
-        }
+        return generate_feeds(model.inputs, axes or infer_batch_axes(model.inputs, model.outputs))
+    decoder = Decoder(model.inputs, 1 << 26, allow_non_finite=True, axes=axes)
     try:
         return decoder.decode(orjson.dumps(reading)).feeds
     except ReadingError as exc:
@@ -151,18 +169,20 @@ def _test_feeds(model: Model, reading: Any) -> dict[str, Array]:
         ) from exc
 
 
-def _check_expect(outputs: dict[str, Array], expect: dict[str, Any]) -> None:
+def _check_expect(outputs: dict[str, Value], expect: dict[str, Any]) -> None:
     if not expect:
         return
     name = expect.get("output") or next(iter(outputs))
     if name not in outputs:
         raise UpdateError(f"self-test: the model has no output {name!r}: it has {sorted(outputs)}")
-    value = np.asarray(outputs[name])
     shape = expect.get("shape")
-    if shape is not None and list(value.shape) != list(shape):
-        raise UpdateError(
-            f"self-test: output {name!r} has shape {list(value.shape)}: expected {list(shape)}"
-        )
+    got = _shape(outputs[name])
+    if shape is not None and got != list(shape):
+        raise UpdateError(f"self-test: output {name!r} has shape {got}: expected {list(shape)}")
+    raw = outputs[name]
+    if not isinstance(raw, np.ndarray) or float_view(raw).dtype.kind not in "biuf":
+        return
+    value = float_view(raw)
     low, high = expect.get("min"), expect.get("max")
     if low is not None and value.size and float(value.min()) < float(low):
         raise UpdateError(
@@ -174,22 +194,47 @@ def _check_expect(outputs: dict[str, Array], expect: dict[str, Any]) -> None:
         )
 
 
-def _check_golden(outputs: dict[str, Array], golden: dict[str, Any], atol: float) -> None:
+def _shape(value: Value) -> list[int]:
+    return list(value.shape) if isinstance(value, np.ndarray) else [len(value)]
+
+
+def _check_golden(outputs: dict[str, Value], golden: dict[str, Any], atol: float) -> None:
     for name, expected in golden.items():
         if name not in outputs:
             raise UpdateError(
                 f"self-test: golden names output {name!r}, the model has {sorted(outputs)}"
             )
-        got = np.asarray(outputs[name], dtype=np.float64)
-        want = np.asarray(expected, dtype=np.float64)
-        if got.shape != want.shape:
-            raise UpdateError(
-                f"self-test: output {name!r} has shape {list(got.shape)}, golden "
-                f"has {list(want.shape)}"
-            )
-        gap = float(np.abs(got - want).max()) if got.size else 0.0
-        if gap > atol:
-            raise UpdateError(
-                f"self-test: output {name!r} differs from golden by {gap:.3g}: "
-                f"expected at most atol {atol}"
-            )
+        got = json_ready(outputs[name])
+        if isinstance(got, np.ndarray) and got.dtype.kind in "biuf":
+            want = np.asarray(expected, dtype=np.float64)
+            got = got.astype(np.float64)
+            if got.shape != want.shape:
+                raise UpdateError(
+                    f"self-test: output {name!r} has shape {list(got.shape)}, golden "
+                    f"has {list(want.shape)}"
+                )
+            gap = float(np.abs(got - want).max()) if got.size else 0.0
+            if gap > atol:
+                raise UpdateError(
+                    f"self-test: output {name!r} differs from golden by {gap:.3g}: "
+                    f"expected at most atol {atol}"
+                )
+        elif not _same(got, expected, atol):
+            raise UpdateError(f"self-test: output {name!r} differs from golden")
+
+
+def _same(got: Any, want: Any, atol: float) -> bool:
+    """Structural equality of JSON-like values, numbers within ``atol``."""
+    if isinstance(got, np.ndarray):
+        got = got.tolist()
+    if isinstance(got, dict) and isinstance(want, dict):
+        return {str(k) for k in got} == {str(k) for k in want} and all(
+            _same(v, want.get(k, want.get(str(k))), atol) for k, v in got.items()
+        )
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(
+            _same(a, b, atol) for a, b in zip(got, want, strict=True)
+        )
+    if isinstance(got, int | float) and isinstance(want, int | float):
+        return abs(float(got) - float(want)) <= atol
+    return bool(got == want)

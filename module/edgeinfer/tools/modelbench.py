@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ConfigError, EdgeInferError
-from edgeinfer.runtimes.base import Array, Model, batchable
-from edgeinfer.tools.inputs import generate_inputs, load_npz
+from edgeinfer.runtimes.axes import infer_batch_axes
+from edgeinfer.runtimes.base import Array, Model
+from edgeinfer.tools.inputs import generate_inputs, load_npz, take_rows
 
 ROUNDS = 5
 
@@ -55,13 +56,19 @@ def sample_feeds(
     model: Model, input_file: Path | None, batch: int
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """(one sample, one batch) from ``--input`` or generated from the signature."""
+    axes = infer_batch_axes(model.inputs, model.outputs).inputs
     if input_file is None:
-        return generate_inputs(model.inputs, 1), generate_inputs(model.inputs, batch, seed=1)
-    feeds, _ = load_npz(input_file, model.inputs, "--input")
-    single = {k: v[:1] for k, v in feeds.items()}
-    rows = next(iter(feeds.values())).shape[0]
-    reps = -(-batch // rows)
-    batched = {k: np.concatenate([v] * reps)[:batch] for k, v in feeds.items()}
+        return (
+            generate_inputs(model.inputs, 1, axes=axes),
+            generate_inputs(model.inputs, batch, seed=1, axes=axes),
+        )
+    feeds, _ = load_npz(input_file, model.inputs, "--input", axes=axes)
+    single = take_rows(feeds, 0, 1, axes)
+    rows = next((feeds[n].shape[a] for n, a in axes.items() if a is not None), 1)
+    picks = [i % rows for i in range(batch)]
+    batched = {
+        k: v if axes.get(k) is None else np.take(v, picks, axis=axes[k]) for k, v in feeds.items()
+    }
     return single, batched
 
 
@@ -75,7 +82,7 @@ def _worker(
         model, fmt = open_model(Path(path), threads=threads)
         load_ms = (time.perf_counter() - started) * 1000
         single, batched = sample_feeds(model, Path(input_file) if input_file else None, batch)
-        can_batch = batchable(model) and batch > 1
+        can_batch = infer_batch_axes(model.inputs, model.outputs).batchable and batch > 1
         time_runs(model, single, warmup)
         if can_batch:
             time_runs(model, batched, max(1, warmup // 4))
