@@ -4,6 +4,7 @@
 
     EdgeInferError
     ├── ConfigError          bad command line, environment or TOML value (exit code 2)
+    ├── MissingExtraError    a command needs an optional extra that is not installed (exit 2)
     ├── ModelError           a model file that cannot be recognised or loaded
     ├── ReadingError         one reading rejected; reported on the errors topic
     └── UpdateError          an update refused or failed (desired state, download,
@@ -39,6 +40,18 @@ class ConfigError(EdgeInferError):
     def __reduce__(self) -> tuple[type[ConfigError], tuple[str, object, str]]:
         # Picklable with its own arguments: benchmark workers send it back.
         return (ConfigError, (self.key, self.value, self.expected))
+
+
+class MissingExtraError(EdgeInferError):
+    """A command needs an optional dependency group (``pip install 'edgeinfer[tools]'``)."""
+
+    def __init__(self, command: str, extra: str, missing: str) -> None:
+        self.command = command
+        self.extra = extra
+        super().__init__(
+            f"{command} needs the {extra} extra ({missing} is not installed): "
+            f"pip install 'edgeinfer[{extra}]'"
+        )
 
 
 class ModelError(EdgeInferError):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from edgeinfer.cli import commands
 from edgeinfer.cli.parser import build_parser
-from edgeinfer.errors import ConfigError, EdgeInferError
+from edgeinfer.errors import ConfigError, EdgeInferError, MissingExtraError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands.COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"edgeinfer: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtraError as exc:
+        print(f"edgeinfer: {exc}", file=sys.stderr)
         return 2
     except EdgeInferError as exc:
         print(f"edgeinfer: {exc}", file=sys.stderr)

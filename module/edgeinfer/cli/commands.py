@@ -140,7 +140,7 @@ def inspect(args: argparse.Namespace) -> int:
         sample_reading,
     )
 
-    info = describe(args.model)
+    info = describe(args.model, args.sample)
     _show(args, info.as_dict(), info.text())
     if args.manifest:
         import orjson

@@ -77,6 +77,10 @@ class Model(Protocol):
         """Run once; ``feeds`` holds every input, already of its dtype and shape."""
         ...
 
+    def reset(self) -> None:
+        """Forget state kept between runs (TFLite variables of streaming models)."""
+        ...
+
     def close(self) -> None:
         """Release the runtime's resources."""
         ...

@@ -30,6 +30,9 @@ class FakeModel:
         self.batches.append(len(next(iter(feeds.values()))))
         return self._fn(feeds)
 
+    def reset(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

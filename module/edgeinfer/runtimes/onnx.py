@@ -49,8 +49,10 @@ def _ml_dtype(name: str) -> Any:
 
 def _spec(arg: Any, role: str) -> TensorSpec:
     match = _TENSOR.match(arg.type)
-    # ONNX Runtime gives an int for a fixed dim, a str (or None) for a symbolic one.
-    shape: tuple[Dim, ...] = tuple(arg.shape) if isinstance(arg.shape, list) else ()
+    # ONNX Runtime gives an int for a fixed dim, a str (or None) for a symbolic one;
+    # exporters write "?" for "unknown", which names nothing.
+    raw = arg.shape if isinstance(arg.shape, list) else []
+    shape: tuple[Dim, ...] = tuple(None if d in ("?", "") else d for d in raw)
     if match and match.group(1) in _NUMPY_TYPES:
         return TensorSpec(arg.name, np.dtype(_NUMPY_TYPES[match.group(1)]), shape)
     if match and match.group(1) in _ML_TYPES:
@@ -126,6 +128,9 @@ class OnnxModel:
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed: {exc}") from exc
         return dict(zip(self._output_names, (_value(v) for v in values), strict=True))
+
+    def reset(self) -> None:
+        return None  # ONNX Runtime keeps no state between runs
 
     def close(self) -> None:
         del self._session

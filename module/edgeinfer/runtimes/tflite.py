@@ -155,6 +155,10 @@ class TFLiteModel:
         # get_tensor copies; tensor() would alias the interpreter's buffers.
         return {name: interp.get_tensor(i) for name, i in self._out_index.items()}
 
+    def reset(self) -> None:
+        """Streaming models keep state in variables; a fresh start forgets it."""
+        self._interpreter.reset_all_variables()
+
     def close(self) -> None:
         self._runner = None
         del self._interpreter

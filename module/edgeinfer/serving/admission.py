@@ -44,6 +44,8 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         feeds = test_feeds(loaded.model, spec.get("inputs"), loaded.batch_axes)
         run_self_test(loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds)
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
+        # The test runs must not leak into live answers (a streaming model's state).
+        loaded.model.reset()
     except BaseException:
         loaded.model.close()
         raise

@@ -3,7 +3,8 @@
 It follows the rules live readings do: the batch axis wherever the model has it
 (one row), scalars as scalars, values inside the dtype's range (zeros, empty
 strings). A dynamic dimension other than the batch gets a size a real input
-might have (32), so that a convolution has something to slide over.
+might have (128: an image side, a chunk of audio, a sentence), so that a
+convolution or a padded filter has something to slide over.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import Array, TensorSpec
 
 #: The size given to a dynamic dimension that is not the batch (a length, a height).
-FREE_DIM = 32
+FREE_DIM = 128
 
 
 def shape_for(spec: TensorSpec, axis: int | None, rows: int = 1, free: int = FREE_DIM) -> list[int]:

@@ -12,10 +12,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from edgeinfer.errors import ConfigError, ModelError
+from edgeinfer.errors import ConfigError, ModelError, UpdateError
+from edgeinfer.manifest import load_manifest
 from edgeinfer.pipeline.decode import Decoder
 from edgeinfer.runtimes import detect_format, load_model
+from edgeinfer.runtimes.axes import infer_batch_axes
 from edgeinfer.runtimes.base import Model, TensorSpec
+from edgeinfer.runtimes.labels import LabelRule
+from edgeinfer.serving.probe import verify_axes
+from edgeinfer.serving.selftest import test_feeds
 from edgeinfer.tools.inputs import as_reading, generate_inputs, load_npz
 
 
@@ -32,6 +37,8 @@ class ModelInfo:
     producer: str
     size: int
     sha256: str
+    batching: str = ""  # the batch axes and whether readings share a run
+    label: str = ""  # where label and score come from
 
     def as_dict(self) -> dict[str, Any]:
         def tensor(s: TensorSpec) -> dict[str, Any]:
@@ -51,6 +58,8 @@ class ModelInfo:
             "producer": self.producer,
             "size": self.size,
             "sha256": self.sha256,
+            "batching": self.batching,
+            "label": self.label,
         }
 
     def text(self) -> str:
@@ -64,6 +73,7 @@ class ModelInfo:
         ]
         lines += [f"  input     {s.describe()}" for s in self.inputs]
         lines += [f"  output    {s.describe()}" for s in self.outputs]
+        lines += [f"  batch     {self.batching}", f"  label     {self.label}"]
         return "\n".join(lines)
 
 
@@ -78,8 +88,13 @@ def open_model(path: Path, flag: str = "MODEL", threads: int = 0) -> tuple[Model
         raise ConfigError(flag, str(path), f"an ONNX or TFLite model ({exc})") from exc
 
 
-def describe(path: Path) -> ModelInfo:
+def describe(path: Path, sample: Path | None = None) -> ModelInfo:
     model, fmt = open_model(path)
+    try:
+        batching, label = _behaviour(model, path, sample)
+    except BaseException:
+        model.close()
+        raise
     data = path.read_bytes()
     if fmt == "onnx":
         version, producer = _onnx_meta(data)
@@ -95,9 +110,34 @@ def describe(path: Path) -> ModelInfo:
         producer,
         len(data),
         hashlib.sha256(data).hexdigest(),
+        batching,
+        label,
     )
     model.close()
     return info
+
+
+def _behaviour(model: Model, path: Path, sample: Path | None) -> tuple[str, str]:
+    """How the module will batch the model (checked on it) and where its label comes from."""
+    manifest = load_manifest(path)
+    axes = infer_batch_axes(model.inputs, model.outputs, manifest.batch_axes)
+    reading = sample_reading(model, sample) if sample else manifest.self_test.get("inputs")
+    try:
+        feeds = test_feeds(model, reading, axes)
+        axes = verify_axes(model, axes, feeds)
+        batching = axes.describe()
+    except (UpdateError, ModelError) as exc:
+        batching = f"{axes.describe()}; not checked on the model: {exc}"
+    rule = LabelRule.find(
+        model.outputs, manifest.labels, manifest.label_output, manifest.score_output
+    )
+    if rule is None:
+        label = "none (no label output; no labels in a manifest)"
+    elif rule.label_output is not None:
+        label = f"output {rule.label_output!r}, score from {rule.score_output!r}"
+    else:
+        label = f"argmax of {rule.score_output!r}, named by the manifest's labels"
+    return batching, label
 
 
 def _onnx_meta(data: bytes) -> tuple[str, str]:

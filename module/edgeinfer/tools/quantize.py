@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from edgeinfer.errors import ConfigError, EdgeInferError, ModelError
+from edgeinfer.errors import ConfigError, EdgeInferError, MissingExtraError, ModelError
 from edgeinfer.manifest import load_manifest
 from edgeinfer.runtimes import detect_format, load_model
 from edgeinfer.runtimes.base import Array, Model
@@ -71,6 +71,19 @@ class QuantizeReport:
         ])  # fmt: skip
 
 
+def require_tools() -> None:
+    """The quantizer's own dependencies (onnx, sympy), checked before any work."""
+    import importlib.util
+
+    for module in ("onnx", "sympy", "onnxruntime.quantization"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise MissingExtraError("edgeinfer quantize", "tools", module)
+
+
 def quantize(
     source: Path,
     out: Path,
@@ -83,6 +96,7 @@ def quantize(
     version: str | None = None,
 ) -> QuantizeReport:
     """Quantize ``source`` into ``out`` (and ``out``'s manifest.json); see the module doc."""
+    require_tools()
     if mode not in MODES:
         raise ConfigError("--mode", mode, " or ".join(MODES))
     if method not in METHODS:
@@ -156,9 +170,7 @@ def _run_quantizer(
         )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
-        raise EdgeInferError(
-            f"quantize needs the tools extra: pip install 'edgeinfer[tools]' ({exc})"
-        ) from exc
+        raise MissingExtraError("edgeinfer quantize", "tools", exc.name or str(exc)) from exc
     if mode == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
