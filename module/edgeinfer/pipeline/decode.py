@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ReadingError
+from edgeinfer.pipeline.npy import EMPTY_ZIP, ZIP_MAGIC, load_npy, load_npz
 from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
-from edgeinfer.pipeline.npy import ZIP_MAGIC, load_npy, load_npz
 from edgeinfer.pipeline.tensors import as_value_array, cast, fit_shape
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Array, TensorSpec
@@ -74,7 +74,7 @@ class Decoder:
             )
         if payload.startswith(NPY_MAGIC):
             return self._from_arrays({self._single_input().name: load_npy(payload)})
-        if payload.startswith(ZIP_MAGIC):
+        if payload.startswith((ZIP_MAGIC, EMPTY_ZIP)):
             return self._from_arrays(load_npz(payload, self._max_bytes * 16))
         try:
             doc = orjson.loads(payload)

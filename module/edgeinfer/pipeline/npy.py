@@ -62,6 +62,7 @@ def load_npy(payload: bytes) -> Array:
 
 
 ZIP_MAGIC = b"PK\x03\x04"
+EMPTY_ZIP = b"PK\x05\x06"  # numpy.savez of no arrays: a model without inputs
 
 
 def load_npz(payload: bytes, max_bytes: int) -> dict[str, Array]:

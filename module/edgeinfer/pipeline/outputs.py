@@ -71,8 +71,8 @@ def json_ready(value: Value) -> Any:
     """An output as orjson can write it: numbers, strings, lists, maps with their keys."""
     if isinstance(value, np.ndarray):
         arr = float_view(value)
-        if arr.dtype.kind in "OUS":
-            return arr.tolist()
+        if arr.dtype.kind in "OUS" or arr.ndim == 0:
+            return arr.tolist()  # a scalar stays a scalar (ascontiguousarray makes it 1-d)
         return np.ascontiguousarray(arr)
     if isinstance(value, dict):
         return {_key(k): json_ready(v) for k, v in value.items()}

