@@ -228,3 +228,23 @@ def test_bad_inputs_get_a_clear_error_exit_2_and_no_partial_output(tmp_path: Pat
         assert result.stderr.startswith("edgeinfer: bad configuration: "), result.stderr
         assert first in result.stderr and second in result.stderr, result.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_quantize_without_the_tools_extra_exits_2_with_the_install_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    blocked = (
+        "import sys; sys.modules['onnx'] = None; sys.modules['sympy'] = None; "
+        "from edgeinfer.cli import main; "
+        f"sys.exit(main(['quantize', {str(ONNX_MODEL)!r}, {str(tmp_path / 'q.onnx')!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "edgeinfer: edgeinfer quantize needs the tools extra (onnx is not installed): "
+        "pip install 'edgeinfer[tools]'"
+    )
+    assert "Traceback" not in done.stderr

@@ -190,3 +190,40 @@ def test_an_npy_header_that_declares_more_than_the_payload_carries_is_refused() 
     assert code == "bad_npy"
     assert "object" in reason
     assert decoder.decode(whole).feeds["x"].shape == (1, 2)
+
+
+def test_quantization_per_channel_uses_each_channels_scale_and_zero_point() -> None:
+    from edgeinfer.runtimes.tflite import Quantization
+
+    per_channel = Quantization(
+        np.dtype(np.int8), np.array([0.5, 0.25], np.float32), np.array([0, -10]), axis=1
+    )
+    x = np.array([[1.0, 1.0], [-64.5, 100.0]], np.float32)
+    q = per_channel.quantize(x)
+    assert q.tolist() == [[2, -6], [-128, 127]]  # clipped at int8's range
+    assert per_channel.dequantize(q).tolist() == [[1.0, 1.0], [-64.0, 34.25]]
+    per_tensor = Quantization(np.dtype(np.uint8), np.array([0.1], np.float32), np.array([128]), 0)
+    assert per_tensor.quantize(np.array([0.0, 1.0, -1.0])).tolist() == [128, 138, 118]
+
+
+def test_a_model_whose_input_is_not_a_tensor_is_refused_at_load_naming_it(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    seq = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("SequenceLength", ["xs"], ["n"])],
+        "g",
+        [seq],
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "seq.onnx"
+    path.write_bytes(model.SerializeToString())
+    onnx.checker.check_model(model)
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert str(info.value) == (
+        "input 'xs' is seq(tensor(float)): expected a tensor of a numeric, bool or string type"
+    )

@@ -127,3 +127,53 @@ def test_an_inbox_install_superseded_by_a_desired_state_is_set_aside_with_the_re
     reason = next((inbox / "rejected").glob("*/reason.txt")).read_text().strip()
     assert reason == "inbox install refused: superseded by a newer desired state"
     assert load_manifest(harness.store.link("current").model_file).version == "1.0.0"
+
+
+def test_a_stored_version_that_fails_its_self_test_is_refused_and_closed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from edgeinfer import loaded as loaded_module
+
+    stored = harness.store.get("har", "1.0.0")
+    bad = dataclasses.replace(
+        stored.manifest(), version="2.0.0", self_test={"golden": {"probabilities": [[9, 9, 9, 9]]}}
+    )
+    harness.store.install(stored.model_file, dataclasses.replace(bad, format="onnx"))
+    closed: list[str] = []
+    real_load = loaded_module.load_model
+
+    def tracking(*args: Any, **kwargs: Any) -> Any:
+        model = real_load(*args, **kwargs)
+        original = model.close
+
+        def close() -> None:
+            closed.append(str(args[0]))
+            original()
+
+        model.close = close  # type: ignore[method-assign]
+        return model
+
+    monkeypatch.setattr(loaded_module, "load_model", tracking)
+    harness.updater.start()
+    harness.updater.submit_desired(b'{"model": {"name": "har", "version": "2.0.0"}}')
+    harness.wait(lambda: "failed" in harness.states())
+    report = harness.published[-1][1]["update"]
+    assert report["target"] == {"name": "har", "version": "2.0.0"}
+    assert "differs from golden" in report["error"]
+    assert any(path.endswith("har/2.0.0/model.onnx") for path in closed)
+
+
+def test_an_inbox_manifest_that_is_not_an_object_is_set_aside_with_the_reason(
+    harness: Harness,
+) -> None:
+    inbox = harness.store.inbox
+    (inbox / "har.tflite").write_bytes(TFLITE)
+    (inbox / "manifest.json").write_bytes(b"[1, 2, 3]")
+    harness.updater.start()
+    harness.updater.submit_local("inbox")
+    harness.wait(lambda: "failed" in harness.states())
+    reason = next((inbox / "rejected").glob("*/reason.txt")).read_text().strip()
+    assert reason == "inbox/manifest.json: manifest is a JSON list: expected an object"
+    assert sorted(p.name for p in inbox.iterdir()) == ["rejected"]

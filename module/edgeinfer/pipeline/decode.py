@@ -57,7 +57,11 @@ class Decoder:
         self._by_name = {spec.name: spec for spec in inputs}
         self._max_bytes = max_bytes
         self._allow_non_finite = allow_non_finite
-        self._axes = (axes or infer_batch_axes(inputs, ())).inputs
+        axes = axes or infer_batch_axes(inputs, ())
+        self._axes = axes.inputs
+        # A model run one reading at a time takes each reading whole: its inputs'
+        # "rows" need not agree (a sequence beside a fixed state, say).
+        self._batchable = axes.batchable
 
     def decode(self, payload: bytes) -> Reading:
         """Decode one payload; raises :class:`ReadingError` naming what was expected.
@@ -152,6 +156,8 @@ class Decoder:
             feeds[spec.name], count = fit_shape(spec, arr, axis)
             if axis is not None:
                 rows[spec.name] = count
+        if not self._batchable:
+            rows = {}
         if len(set(rows.values())) > 1:
             raise ReadingError(
                 "wrong_shape",

@@ -11,6 +11,7 @@ at a time, correctly.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,8 @@ def _rows(feeds: Mapping[str, Array], axes: BatchAxes) -> int:
     return 1
 
 
-def _close(a: Value, b: Value) -> bool:
+def _close(a: Any, b: Any) -> bool:
+    """Equal, floats within the tolerance (also inside sequences and maps)."""
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         if a.shape != b.shape:
             return False
@@ -87,4 +89,10 @@ def _close(a: Value, b: Value) -> bool:
         if x.dtype.kind in "fc" and y.dtype.kind in "fc":
             return bool(np.allclose(x, y, rtol=RTOL, atol=ATOL, equal_nan=True))
         return bool(np.array_equal(x, y))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, float | np.floating) and isinstance(b, float | np.floating):
+        return abs(float(a) - float(b)) <= ATOL + RTOL * abs(float(b))
     return bool(a == b)
