@@ -25,7 +25,7 @@ import orjson
 from edgeinfer.errors import ReadingError
 from edgeinfer.pipeline.npy import EMPTY_ZIP, ZIP_MAGIC, load_npy, load_npz
 from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
-from edgeinfer.pipeline.tensors import as_value_array, cast, fit_shape
+from edgeinfer.pipeline.tensors import fit_shape, to_input
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Array, TensorSpec
 
@@ -151,7 +151,7 @@ class Decoder:
         feeds: dict[str, Array] = {}
         rows: dict[str, int] = {}
         for spec in self._inputs:
-            arr = cast(spec, as_value_array(spec, values[spec.name]), self._allow_non_finite)
+            arr = to_input(spec, values[spec.name], self._allow_non_finite)
             axis = self._axes.get(spec.name)
             feeds[spec.name], count = fit_shape(spec, arr, axis)
             if axis is not None:

@@ -40,7 +40,7 @@ class RunStats:
 
 
 class Runner:
-    """Runs readings on a model (engine thread)."""
+    """Runs readings on a model (the serving thread)."""
 
     def __init__(self, max_batch: int, observe: Callable[[float, int], None] | None = None) -> None:
         self._max_batch = max_batch
@@ -62,14 +62,16 @@ class Runner:
         """Indices of readings that may share a run, each group in arrival order."""
         if not loaded.batch_axes.batchable or self._max_batch == 1:
             return [[i] for i in range(len(readings))]
-        groups: dict[object, list[list[int]]] = {}
+        current: dict[object, list[int]] = {}  # each bucket's run being filled
+        rows: dict[object, int] = {}  # and the rows it holds
         order: list[list[int]] = []
         for i, reading in enumerate(readings):
-            runs = groups.setdefault(reading.bucket, [])
-            if not runs or sum(readings[j].rows for j in runs[-1]) >= self._max_batch:
-                runs.append([])
-                order.append(runs[-1])
-            runs[-1].append(i)
+            key = reading.bucket
+            if key not in current or rows[key] >= self._max_batch:
+                current[key], rows[key] = [], 0
+                order.append(current[key])
+            current[key].append(i)
+            rows[key] += reading.rows
         return order
 
     def _run_group(
