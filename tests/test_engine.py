@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
 from edgeinfer.errors import ModelError
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.manifest import Manifest
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import BatchOutcome, Engine, EngineSettings
+from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message, Outcome
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.runtimes.base import Array, TensorSpec
@@ -64,12 +67,36 @@ class Acks:
         return Message(topic, payload, time.perf_counter(), lambda: self.done.append(topic))
 
 
+_loops: list[ServingLoop] = []
+
+
+def serve(engine: Engine) -> ServingLoop:
+    """The engine on a serving loop of its own (no transport), stopped after the test."""
+    loop = ServingLoop(engine)
+    loop.start()
+    _loops.append(loop)
+    return loop
+
+
+@pytest.fixture(autouse=True)
+def _stop_loops() -> Iterator[None]:
+    yield
+    while _loops:
+        loop = _loops.pop()
+        assert loop.stop(5)
+        loop.close()
+
+
 def loaded(model: FakeModel, version: str = "1") -> LoadedModel:
     return LoadedModel(model, Manifest("fake", version), Path("fake"), "")
 
 
 def engine_for(
-    model: FakeModel, publisher: FakePublisher, max_batch: int = 8, max_delay_ms: float = 0.0
+    model: FakeModel,
+    publisher: FakePublisher,
+    max_batch: int = 8,
+    max_delay_ms: float = 0.0,
+    row_seconds: float = 0.0,
 ) -> tuple[Engine, Metrics]:
     metrics = Metrics()
     settings = EngineSettings(
@@ -82,7 +109,8 @@ def engine_for(
         module_id="m",
     )
     responder = Responder(publisher, metrics, "edgeinfer/m/errors")
-    return Engine(loaded(model), settings, responder, metrics), metrics
+    timed = dataclasses.replace(loaded(model), row_seconds=row_seconds)
+    return Engine(timed, settings, responder, metrics), metrics
 
 
 def reading(i: int, row: list[float] | None = None) -> bytes:
@@ -94,9 +122,9 @@ def test_queued_readings_are_answered_in_one_batch_in_arrival_order() -> None:
     publisher = FakePublisher()
     engine, metrics = engine_for(model, publisher)
     acks = Acks()
-    for i in range(5):  # queued before the thread starts: one batch
+    for i in range(5):  # queued before the loop starts: one batch
         engine.submit(acks.message(f"s/{i}", reading(i)))
-    engine.start()
+    serve(engine)
     assert engine.drain(5)
     assert model.batches == [5]
     assert [(t, d["id"], d["outputs"]) for t, d in publisher.sent] == [
@@ -112,9 +140,34 @@ def test_batches_close_at_max_batch() -> None:
     acks = Acks()
     for i in range(5):
         engine.submit(acks.message("s", reading(i)))
-    engine.start()
+    serve(engine)
     assert engine.drain(5)
     assert model.batches == [2, 2, 1]
+
+
+def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One run blocks the serving loop (and so the network): a slow model must not run a
+    full batch, or the broker would drop the connection for a missed keepalive."""
+    import edgeinfer.pipeline.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "STEP_BUDGET_S", 0.1)
+
+    def slow(feeds: Mapping[str, Array]) -> dict[str, Array]:
+        x = np.asarray(feeds["x"])
+        time.sleep(0.04 * len(x))
+        return {"y": x.sum(axis=1, keepdims=True)}
+
+    model = FakeModel(sum_model().inputs, sum_model().outputs, slow)
+    # As admission times it with the self-test.
+    engine, _ = engine_for(model, FakePublisher(), max_batch=32, row_seconds=0.04)
+    for i in range(9):
+        engine.submit(Acks().message("s", reading(i)))
+    serve(engine)
+    assert engine.drain(10)
+    assert sum(model.batches) == 9
+    assert max(model.batches) <= 3  # 0.1 s budget / 0.04 s a reading, give or take
 
 
 def test_a_reading_of_the_wrong_shape_gets_its_own_error_and_its_batch_mates_their_results() -> (
@@ -127,7 +180,7 @@ def test_a_reading_of_the_wrong_shape_gets_its_own_error_and_its_batch_mates_the
     engine.submit(acks.message("s/a", reading(1)))
     engine.submit(acks.message("s/b", orjson.dumps({"id": 2, "features": [1.0, 2.0]})))
     engine.submit(acks.message("s/c", reading(3)))
-    engine.start()
+    serve(engine)
     assert engine.drain(5)
     assert model.batches == [2]
     topics = [(t, d["id"]) for t, d in publisher.sent]
@@ -165,7 +218,7 @@ def test_a_reading_the_model_fails_on_does_not_fail_its_batch_mates() -> None:
     acks = Acks()
     for i in (11, 12, 13, 14):
         engine.submit(acks.message(f"s/{i}", reading(i)))
-    engine.start()
+    serve(engine)
     assert engine.drain(5)
     assert model.batches == [4, 1, 1, 1, 1]  # the batch failed, then one by one
     answers = {d["id"]: (t, d) for t, d in publisher.sent}
@@ -195,7 +248,7 @@ def test_a_swap_takes_effect_between_batches_and_every_reading_is_answered_once(
     publisher = FakePublisher()
     engine, _ = engine_for(first, publisher, max_batch=1)
     acks = Acks()
-    engine.start()
+    serve(engine)
     engine.submit(acks.message("s", reading(1)))
     assert entered.wait(5)  # reading 1 is running on the first model
     engine.submit(acks.message("s", reading(2)))
@@ -215,7 +268,7 @@ def test_drain_answers_everything_queued_and_acks_wait_for_the_broker() -> None:
     publisher = FakePublisher(hold=True)
     engine, metrics = engine_for(sum_model(), publisher, max_batch=4)
     acks = Acks()
-    engine.start()
+    serve(engine)
     for i in range(10):
         engine.submit(acks.message(f"s/{i}", reading(i)))
     assert engine.drain(5)
@@ -232,7 +285,7 @@ def test_an_output_topic_longer_than_mqtt_allows_is_that_readings_error() -> Non
     acks = Acks()
     engine.submit(acks.message("s/ok", reading(1)))
     engine.submit(acks.message("s/" + "x" * 70_000, reading(2)))
-    engine.start()
+    serve(engine)
     assert engine.drain(5)
     answers = {d["id"]: (t, d) for t, d in publisher.sent}
     assert answers[1][0] == "out/s/ok"
@@ -252,7 +305,7 @@ def test_a_model_without_a_dynamic_batch_runs_one_reading_at_a_time() -> None:
     acks = Acks()
     for i in range(3):
         engine.submit(acks.message("s", reading(i)))
-    engine.start()
+    serve(engine)
     assert engine.drain(5)
     assert fixed.batches == [1, 1, 1]
 
@@ -261,7 +314,7 @@ def test_with_no_max_delay_a_reading_is_run_at_once_without_waiting_for_more() -
     model = sum_model()
     engine, _ = engine_for(model, FakePublisher(), max_batch=8, max_delay_ms=0)
     acks = Acks()
-    engine.start()
+    serve(engine)
     engine.submit(acks.message("s", reading(0)))
     assert wait_until(lambda: model.batches == [1])
     engine.submit(acks.message("s", reading(1)))
@@ -273,7 +326,7 @@ def test_max_delay_holds_a_batch_open_for_readings_that_come_soon_after() -> Non
     model = sum_model()
     engine, _ = engine_for(model, FakePublisher(), max_batch=8, max_delay_ms=500)
     acks = Acks()
-    engine.start()
+    serve(engine)
     engine.submit(acks.message("s", reading(0)))
     time.sleep(0.02)
     engine.submit(acks.message("s", reading(1)))

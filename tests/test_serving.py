@@ -14,6 +14,7 @@ import pytest
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from tests.support import ONNX_MODEL, TFLITE_MODEL, Collector, ModuleProcess, Publisher
+from tests.updates_support import busy_model
 
 
 def reference(windows: np.ndarray) -> np.ndarray:
@@ -290,6 +291,27 @@ def test_a_full_queue_applies_back_pressure_and_drops_nothing(
     assert sorted(d["id"] for d in sink.docs()) == list(range(400))
     assert module.metric("edgeinfer_backpressure_waits_total") > 0
     assert module.metric("edgeinfer_queue_capacity") == 2
+
+
+def test_a_slow_model_never_starves_the_connection(
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
+    """The model runs on the serving thread, between network events. With ~0.3 s a reading
+    and 30 readings queued, one batch of all would keep the network silent ~9 s: past the
+    broker's 1.5 x keepalive (7.5 s), and the module would be dropped."""
+    model = tmp_path / "busy.onnx"
+    model.write_bytes(busy_model())
+    module = start(modules, broker, tmp_path, model=model, EDGEINFER_BROKER_KEEPALIVE_S="5")
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    for i in range(30):
+        pub.send(module.topic("imu"), {"id": i, "features": recordings.windows[i].tolist()})
+    sink.wait_for(30, timeout=60)
+    assert sorted(d["id"] for d in sink.docs()) == list(range(30))
+    assert module.metric("edgeinfer_broker_connects_total") == 1
+    assert "connection lost" not in module.log()
+    sink.close()
+    pub.close()
 
 
 def test_logs_are_one_json_object_per_line(

@@ -276,6 +276,36 @@ class Rig:
         self.pub.close()
 
 
+def busy_model(layers: int = 12, channels: int = 64, side: int = 256) -> bytes:
+    """A conv net of a fraction of a second a reading (~0.3 s here) that takes the HAR window:
+    its mean spread over a ``channels`` x ``side`` x ``side`` image, ``layers`` 3x3 convs."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("ReduceMean", ["window"], ["m"], axes=[1, 2], keepdims=1),
+        helper.make_node("Unsqueeze", ["m", "axis3"], ["m4"]),
+        helper.make_node("Expand", ["m4", "image"], ["x0"]),
+    ]
+    for i in range(layers):
+        nodes.append(helper.make_node("Conv", [f"x{i}", "w"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Tanh", [f"c{i}"], [f"x{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceMean", [f"x{layers}"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "head"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    weights = [
+        numpy_helper.from_array(np.array([3], np.int64), "axis3"),
+        numpy_helper.from_array(np.array([1, channels, side, side], np.int64), "image"),
+        numpy_helper.from_array(
+            (rng.standard_normal((channels, channels, 3, 3)) / 10).astype(np.float32), "w"
+        ),
+        numpy_helper.from_array(rng.standard_normal((channels, 4)).astype(np.float32), "head"),
+    ]
+    return onnx_model(nodes, [("probabilities", ["batch", 4])], weights)
+
+
 def slow_model(hidden: int = 1024, seed: int = 0) -> bytes:
     """An MLP over the HAR window (600 -> hidden -> hidden -> 4, softmax): ~1 ms a reading."""
     from onnx import helper, numpy_helper

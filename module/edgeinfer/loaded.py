@@ -32,6 +32,7 @@ class LoadedModel:
     axes: BatchAxes | None = None  # None: found from the signature (before any probe)
     label_rule: LabelRule | None = None
     loaded_at: float = field(default_factory=time.time)
+    row_seconds: float = 0.0  # a run's time per row, from the self-test (0: not timed)
 
     def __post_init__(self) -> None:
         if self.axes is None:

@@ -34,10 +34,9 @@ class Ticket:
 class AckTracker:
     """Orders and sends the acknowledgements of one client.
 
-    Thread-safety: ``register`` runs on paho's network thread, ``complete`` on
-    whichever thread learns that an answer was acknowledged; all state is
-    guarded by one lock, and ``send_ack`` is called under it so that two
-    completing threads cannot reorder PUBACKs.
+    Thread-safety: both run on the serving thread (paho's callbacks), but the
+    state is guarded by one lock anyway, with ``send_ack`` called under it, so
+    that a completion from any other thread could not reorder PUBACKs.
     """
 
     def __init__(self, send_ack: Callable[[int, int], object]) -> None:

@@ -1,18 +1,22 @@
-"""The paho-mqtt connection, owned and supervised.
+"""The paho-mqtt connection, owned and supervised, on the serving loop's thread.
 
-Threads, and what each one owns:
+paho runs without a thread of its own: the connection is the transport of a
+:class:`~edgeinfer.pipeline.loop.ServingLoop`, whose one thread reads and
+writes the socket through paho's external-loop calls (``loop_read``,
+``loop_write``, ``loop_misc``), runs every paho callback and the engine's
+batches. ``on_message`` registers a reading with the ack tracker and hands it
+to the engine as a paho-free :class:`~edgeinfer.pipeline.message.Message`
+whose ``done`` acknowledges it; ``on_publish`` reports the broker's verdict on
+an answer. Other threads only queue messages (:meth:`MqttConnection.publish`)
+and wake the loop: paho is never called from two threads.
 
-[1] paho's network thread (``loop_start``) reads and writes the socket and runs
-    every callback: ``on_message`` registers a reading with the ack tracker and
-    hands it to the sink as a paho-free :class:`~edgeinfer.pipeline.message.Message`
-    whose ``done`` acknowledges it; ``on_publish`` reports the broker's verdict
-    on an answer.
-[2] the supervisor thread makes each connection attempt and waits between them
-    with jittered exponential backoff; paho's own reconnect is off because its
-    backoff has no jitter, and a fleet reconnecting in lockstep after a broker
-    restart is what jitter is for.
-[3] any other thread may call ``publish``; paho queues the packet and [1]
-    writes it.
+Connecting is supervised on the same thread: each attempt after a failure or a
+lost connection waits with jittered exponential backoff (paho's own reconnect
+is off because its backoff has no jitter, and a fleet reconnecting in lockstep
+after a broker restart is what jitter is for), and an attempt the broker never
+answers is given up after the keepalive. Opening the socket blocks the loop for
+at most paho's connect timeout (5 s); readings queued meanwhile wait, and their
+answers could not leave before the connection anyway.
 
 The session is persistent (MQTT 5 ``clean_start=False`` with a session expiry,
 or 3.1.1 ``clean_session=False``), so readings sent while the module is away
@@ -24,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import random
+import select
 import socket
 import threading
 import time
@@ -34,38 +38,20 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.mqtt.acks import AckTracker, Ticket
 from edgeinfer.mqtt.outbox import Outbox, refusal
 from edgeinfer.mqtt.security import apply_security
+from edgeinfer.mqtt.session import Backoff, connect_properties
+from edgeinfer.mqtt.subscriptions import Subscriptions
+from edgeinfer.pipeline.loop import ServingLoop, Worker
 from edgeinfer.pipeline.message import Message, Outcome
 
 log = logging.getLogger(__name__)
 
-
-def connect_properties(session_expiry_s: int, receive_maximum: int | None = None) -> Properties:
-    """MQTT 5 CONNECT properties: how long the broker keeps our session, how many in flight."""
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = session_expiry_s
-    if receive_maximum is not None:
-        props.ReceiveMaximum = receive_maximum
-    return props
-
-
-class Backoff:
-    """Exponential backoff with "equal jitter": half the step fixed, half random."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self._min = minimum
-        self._max = maximum
-
-    def delay(self, attempt: int) -> float:
-        step = min(self._max, self._min * (1 << min(attempt, 30)))
-        return step / 2 + random.uniform(0, step / 2)
+#: At most this many reads of the socket in one turn of the serving loop.
+READS_PER_TURN = 256
 
 
 class MqttConnection:
@@ -79,11 +65,11 @@ class MqttConnection:
     ) -> None:
         self._config = config
         self._control: dict[str, Callable[[bytes], None]] = {}
-        self._subscriptions: list[tuple[str, int]] = []
         self._sink: Callable[[Message], None] = _refuse
         self._status_topic = status_topic
         self._on_state: Callable[[bool], None] | None = None
         self._v5 = config.protocol == "5"
+        self._subscriptions = Subscriptions(self._v5)
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -111,26 +97,24 @@ class MqttConnection:
         self._redelivered: dict[int, bool] = {}
         self._decided_below = 0
         self._session_present = False
-        self._retained = "ignore"
         self._accepting = True
         self._connected = threading.Event()
-        self._lost = threading.Event()
-        self._answered = threading.Event()  # a CONNACK came, or the attempt ended
         self._stopping = threading.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
-        self._supervisor: threading.Thread | None = None
+        self._worker: Worker | None = None
+        self._loop: ServingLoop | None = None
+        # The serving thread's view of the connection (only it reads or writes these):
+        self._attempt = 0  # failed attempts in a row
+        self._next_attempt = 0.0  # time.monotonic() of the next connection attempt
+        self._connack_by: float | None = None  # while a CONNECT awaits its CONNACK
+        self._lost = False  # paho closed the socket: reclaim and schedule a reconnect
+        self._answered = False  # a CONNACK came, or the attempt ended
         self._connected_once_this_attempt = False
         self._paho_problem = ""  # paho's last ERROR log line on this attempt
         self.last_error = "not connected yet"
-        self._pending_subscriptions: dict[int, str] = {}  # mid -> filter, until the SUBACK
-        self.subscription_errors: dict[str, str] = {}  # filter -> why the broker refused it
 
     def _watch_paho_log(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        # After our own DISCONNECT, paho's thread loops once more on the closed
-        # socket and logs "Client is not connected" at ERROR: noise, not news.
-        if self._stopping.is_set() and "Client is not connected" in message:
-            return False
         # A TLS 1.3 broker refuses a client certificate after the handshake, so
         # the only account of why is paho's "failed to receive on socket: ...".
         if record.levelno >= logging.ERROR:
@@ -142,16 +126,18 @@ class MqttConnection:
     def start(
         self,
         inputs: list[tuple[str, int]],
+        worker: Worker,
         on_reading: Callable[[Message], None],
         control: dict[str, Callable[[bytes], None]] | None = None,
         on_state: Callable[[bool], None] | None = None,
         retained: str = "ignore",
     ) -> None:
-        """Start connecting in the background; returns at once.
+        """Start the serving loop, which connects and serves; returns at once.
 
         Args:
             inputs: topic filters of readings and their QoS; each reading goes to
-                ``on_reading`` (on the network thread: it must only enqueue).
+                ``on_reading`` (on the serving thread), whose ``worker`` runs
+                between network events on the same thread.
             control: retained QoS 1 topics (the desired state) and their
                 handlers; a handler only queues the payload, so the message is
                 acknowledged at once.
@@ -160,15 +146,14 @@ class MqttConnection:
                 never answered; ``once``: answered when the subscription is new,
                 not again after each reconnect.
         """
-        self._retained = retained
         self._control = dict(control or {})
-        self._subscriptions = list(inputs) + [(t, 1) for t in self._control]
+        self._subscriptions.set(inputs, list(self._control), retained)
         self._sink = on_reading
         self._on_state = on_state
-        self._supervisor = threading.Thread(
-            target=self._supervise, name="mqtt-supervisor", daemon=True
-        )
-        self._supervisor.start()
+        self._worker = worker
+        self._loop = ServingLoop(worker, self, name="serving")
+        self._outbox.attach(self._loop.on_loop_thread, self._loop.wake)
+        self._loop.start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -194,8 +179,11 @@ class MqttConnection:
         self._accepting = False
 
     def stop(self, timeout: float) -> None:
-        """Publish ``offline``, disconnect cleanly and stop the threads."""
-        self._stopping.set()
+        """Publish ``offline``, disconnect cleanly and stop the serving loop."""
+        deadline = time.monotonic() + timeout
+        loop = self._loop
+        if loop is None:
+            return
         if self.connected:
             delivered = threading.Event()
             self.publish(
@@ -207,61 +195,118 @@ class MqttConnection:
             )
             if not delivered.wait(min(timeout, 2.0)):
                 log.warning("could not publish offline status before disconnecting")
-            self._client.disconnect()
-        self._lost.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout)
+        self._stopping.set()
+        loop.call_soon(self._disconnect)
+        if not loop.stop(max(0.5, deadline - time.monotonic())):
+            log.warning("the serving loop did not stop within %.1f s", timeout)
+        loop.close()
         logging.getLogger("edgeinfer.paho").removeFilter(self._watch_paho_log)
 
-    def _supervise(self) -> None:
-        attempt = 0
-        while not self._stopping.is_set():
-            self._lost.clear()
-            try:
-                self._connect()
-            except (OSError, ValueError) as exc:
-                self.last_error = f"cannot connect to {self._config.url}: {exc}"
-                delay = self._backoff.delay(attempt)
-                attempt += 1
-                log.warning("%s; retrying in %.1f s", self.last_error, delay)
-                self._stopping.wait(delay)
-                continue
-            self._client.loop_start()
-            if not self._answered.wait(self._config.keepalive_s) and not self._lost.is_set():
-                # Some brokers (amqtt, old mosquitto) neither answer nor close
-                # on a CONNECT of a protocol version they do not speak.
-                self.last_error = (
-                    f"no CONNACK from {self._config.url} within {self._config.keepalive_s} s"
-                    + (' (a broker that only speaks MQTT 3.1.1 ignores an MQTT 5 CONNECT: '
-                       'try broker.protocol = "3.1.1")' if self._v5 else "")
-                )  # fmt: skip
-                log.error("%s", self.last_error)
-                self._answered.set()  # so on_disconnect keeps this reason
-                self._client.disconnect()
-                self._lost.set()
-            self._lost.wait()
-            self._client.loop_stop()
-            self._outbox.reclaim()
-            if self._stopping.is_set():
-                break
-            attempt = 0 if self._connected_once_this_attempt else attempt + 1
-            delay = self._backoff.delay(attempt)
-            log.warning("connection lost (%s); reconnecting in %.1f s", self.last_error, delay)
-            self._stopping.wait(delay)
+    def _disconnect(self) -> None:
+        self._client.disconnect()
 
-    def _connect(self) -> None:
+    # -- the serving loop's transport (serving thread) ----------------------------
+
+    def socket(self) -> Any:
+        return self._client.socket()
+
+    def wants_write(self) -> bool:
+        return self._client.want_write()
+
+    def buffered(self) -> bool:
+        sock = self._client.socket()
+        pending = getattr(sock, "pending", None)
+        return bool(pending()) if pending is not None else False
+
+    def read(self) -> None:
+        """Read what the socket holds now, while the worker has room: the readings that
+        arrived together are batched together (paho reads a few packets a call)."""
+        client, worker = self._client, self._worker
+        for _ in range(READS_PER_TURN):
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                return
+            if worker is not None and not worker.has_room:
+                return
+            sock = client.socket()
+            if sock is None or not (self.buffered() or select.select([sock], [], [], 0)[0]):
+                return
+
+    def write(self) -> None:
+        self._client.loop_write()
+
+    def flush(self) -> None:
+        self._outbox.pump()
+        if self._client.want_write():
+            self._client.loop_write()
+
+    def tick(self, now: float) -> float | None:
+        """Reconnect when it is time, give up an unanswered CONNECT, keep the keepalive."""
+        if self._lost:
+            self._after_loss()
+        sock = self._client.socket()
+        if sock is None:
+            if self._stopping.is_set():
+                return None
+            if now < self._next_attempt:
+                return self._next_attempt - now
+            self._try_connect(now)
+            return 0.0 if self._lost else None
+        if self._connack_by is not None and not self._answered and now >= self._connack_by:
+            self._give_up_connect()
+            return 0.0
+        self._client.loop_misc()
+        self.flush()
+        return None
+
+    def _try_connect(self, now: float) -> None:
         self._connected_once_this_attempt = False
-        self._answered.clear()
+        self._answered = False
         self._paho_problem = ""
         kwargs: dict[str, Any] = {}
         if self._v5:
             props = connect_properties(self._config.session_expiry_s, self._config.receive_maximum)
             kwargs = {"clean_start": False, "properties": props}
-        self._client.connect(
-            self._config.host, self._config.port, self._config.keepalive_s, **kwargs
-        )
+        try:
+            self._client.connect(
+                self._config.host, self._config.port, self._config.keepalive_s, **kwargs
+            )
+        except (OSError, ValueError) as exc:
+            self.last_error = f"cannot connect to {self._config.url}: {exc}"
+            delay = self._backoff.delay(self._attempt)
+            self._attempt += 1
+            self._next_attempt = time.monotonic() + delay
+            log.warning("%s; retrying in %.1f s", self.last_error, delay)
+            return
+        self._connack_by = now + self._config.keepalive_s
 
-    # -- paho callbacks (thread [1]) --------------------------------------------
+    def _give_up_connect(self) -> None:
+        # Some brokers (amqtt, old mosquitto) neither answer nor close on a
+        # CONNECT of a protocol version they do not speak.
+        self.last_error = (
+            f"no CONNACK from {self._config.url} within {self._config.keepalive_s} s"
+            + (' (a broker that only speaks MQTT 3.1.1 ignores an MQTT 5 CONNECT: '
+               'try broker.protocol = "3.1.1")' if self._v5 else "")
+        )  # fmt: skip
+        log.error("%s", self.last_error)
+        self._answered = True  # so on_disconnect keeps this reason
+        self._client.disconnect()
+        if self._client.socket() is not None:  # DISCONNECT not written yet: close anyway
+            self._client.loop_write()
+        self._lost = True
+
+    def _after_loss(self) -> None:
+        """The socket is gone: take back what paho held, and schedule the next attempt."""
+        self._lost = False
+        self._connack_by = None
+        self._outbox.reclaim()
+        if self._stopping.is_set():
+            return
+        self._attempt = 0 if self._connected_once_this_attempt else self._attempt + 1
+        delay = self._backoff.delay(self._attempt)
+        self._next_attempt = time.monotonic() + delay
+        log.warning("connection lost (%s); reconnecting in %.1f s", self.last_error, delay)
+
+    # -- paho callbacks (serving thread) ------------------------------------------
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: a small answer would wait ~40 ms for the
@@ -272,7 +317,8 @@ class MqttConnection:
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        self._answered.set()
+        self._answered = True
+        self._connack_by = None
         if reason.is_failure:
             self.last_error = f"broker {self._config.url} refused the connection: {reason}"
             log.error("%s", self.last_error)
@@ -286,13 +332,7 @@ class MqttConnection:
         for old in [e for e in self._redelivered if e < epoch - 1000]:
             del self._redelivered[old]
         self._outbox.on_connect(getattr(properties, "ReceiveMaximum", None))
-        for flt, qos in self._subscriptions:
-            if self._v5:
-                _, mid = client.subscribe(flt, options=self._subscribe_options(flt, qos))
-            else:
-                _, mid = client.subscribe(flt, qos=qos)
-            if mid is not None:
-                self._pending_subscriptions[mid] = flt
+        self._subscriptions.subscribe(client)
         self.publish(
             self._status_topic,
             orjson.dumps({"state": "online"}),
@@ -318,14 +358,14 @@ class MqttConnection:
         self._outbox.on_disconnect()
         if not self._stopping.is_set() and was_connected:
             self.last_error = f"disconnected: {reason}"
-        elif not self._stopping.is_set() and not self._answered.is_set():
+        elif not self._stopping.is_set() and not self._answered:
             problem = f": {self._paho_problem}" if self._paho_problem else f" ({reason})"
             self.last_error = (
                 f"the connection to {self._config.url} closed before the "
                 f"broker accepted it{problem}"
             )
-        self._answered.set()  # the attempt is over: the supervisor need not wait for a CONNACK
-        self._lost.set()
+        self._answered = True  # the attempt is over: no CONNACK to wait for
+        self._lost = True  # the serving loop reclaims and reconnects after this callback
         if was_connected and self._on_state:
             self._on_state(False)
 
@@ -338,7 +378,7 @@ class MqttConnection:
             handler(bytes(msg.payload))
             self._tracker.complete(ticket)
             return
-        if msg.retain and not self._wants_retained():
+        if msg.retain and not self._subscriptions.wants_retained(self._session_present):
             # A stored copy sent because we (re)subscribed, answered before.
             self._tracker.complete(ticket)
             return
@@ -362,32 +402,12 @@ class MqttConnection:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
     ) -> None:
-        flt = self._pending_subscriptions.pop(mid, None)
-        if flt is None:
-            return
-        refused = next((r for r in reasons if getattr(r, "is_failure", False)), None)
-        if refused is None:
-            self.subscription_errors.pop(flt, None)
-            return
-        why = f"{refused} (0x{int(refused.value):02x})"
-        self.subscription_errors[flt] = why
-        log.error("the broker refused the subscription to %r: %s", flt, why)
+        self._subscriptions.on_suback(mid, reasons)
 
-    # -- helpers -------------------------------------------------------------------
-
-    def _subscribe_options(self, flt: str, qos: int) -> SubscribeOptions:
-        if flt in self._control:
-            return SubscribeOptions(qos=qos)
-        # MQTT 5 retain handling: 2 sends no stored copies at all, 1 only when
-        # the subscription is new (not when a persistent session resumes).
-        handling = 2 if self._retained == "ignore" else 1
-        return SubscribeOptions(qos=qos, retainHandling=handling)
-
-    def _wants_retained(self) -> bool:
-        """Whether a retained reading (a stored copy, never a live one) is answered."""
-        # MQTT 5 lets the broker apply the rule; 3.1.1 resends stored copies on
-        # every subscribe, and a resumed session means it was sent before.
-        return self._retained == "once" and not (not self._v5 and self._session_present)
+    @property
+    def subscription_errors(self) -> dict[str, str]:
+        """Filters the broker refused, and why."""
+        return self._subscriptions.errors
 
     def _is_stale(self, token: object) -> bool:
         """True for an answer to a QoS 1 reading the broker will redeliver (see Outbox)."""

@@ -14,9 +14,11 @@ message while disconnected, and on disconnect takes back what paho still holds:
   dropped when the session survived (the broker redelivers that reading, and it
   is answered afresh, in order); everything else is sent again, in order.
 
-Thread-safety: the state is guarded by paho's own out-message lock (an RLock).
-paho calls ``on_publish`` holding it, so using one lock for both keeps a
-single lock order and no thread can deadlock the network thread.
+Threads: paho is only called on the serving thread (``pump``, ``on_connect``,
+``on_publish``, ``reclaim``). A message published there is handed to paho at
+once; one published by another thread is queued and the serving loop woken to
+send it. A lock guards the queue; outcome callbacks run on the serving thread,
+outside it.
 """
 
 from __future__ import annotations
@@ -72,8 +74,7 @@ class Outbox:
         self, client: paho.Client, own_window: int, stale: Callable[[object], bool]
     ) -> None:
         self._client = client
-        # paho calls on_publish under this lock; everything here runs under it too.
-        self._lock: threading.RLock = client._out_message_mutex
+        self._lock = threading.Lock()
         self._own_window = own_window
         self._window = own_window
         self._stale = stale
@@ -81,8 +82,17 @@ class Outbox:
         self._inflight: dict[int, Outgoing] = {}
         self._open = False
         self._seq = 0
+        self._qos0_queued = 0
+        # Without a serving loop (unit tests), every caller counts as its thread.
+        self._on_serving_thread: Callable[[], bool] = lambda: True
+        self._wake: Callable[[], None] = lambda: None
         client.max_inflight_messages_set(0)  # no limit in paho: the window is kept here
         client.max_queued_messages_set(0)
+
+    def attach(self, on_serving_thread: Callable[[], bool], wake: Callable[[], None]) -> None:
+        """Hand messages to paho only on the serving thread; wake it for the others'."""
+        self._on_serving_thread = on_serving_thread
+        self._wake = wake
 
     @property
     def pending(self) -> int:
@@ -101,53 +111,81 @@ class Outbox:
     ) -> None:
         """Queue a message; ``on_done`` gets the broker's verdict (any thread)."""
         check_publishable(topic, payload)
-        done_now = False
         with self._lock:
-            if qos == 0 and not self._open:
-                done_now = True  # QoS 0 is not kept while disconnected
-            else:
-                self._seq += 1
-                self._queue.append(Outgoing(topic, payload, qos, retain, on_done, token, self._seq))
-                self._pump()
-        if done_now and on_done is not None:
-            on_done(None)
+            self._seq += 1
+            self._queue.append(Outgoing(topic, payload, qos, retain, on_done, token, self._seq))
+            self._qos0_queued += qos == 0
+        if self._on_serving_thread():
+            self.pump()
+        else:
+            self._wake()
 
     def on_connect(self, receive_maximum: int | None) -> None:
-        """A CONNACK (network thread): open, drop what the broker will redeliver, send in order."""
+        """A CONNACK: open, drop what the broker will redeliver, send in order."""
         with self._lock:
             self._window = min(self._own_window, receive_maximum or self._own_window)
-            kept = deque(item for item in self._queue if not self._dropped(item))
-            self._queue = kept
+            self._queue = deque(item for item in self._queue if not self._dropped(item))
+            self._qos0_queued = sum(item.qos == 0 for item in self._queue)
             self._open = True
-            self._pump()
+        self.pump()
 
     def on_disconnect(self) -> None:
-        """The connection is gone (network thread): nothing more goes to paho."""
+        """The connection is gone: nothing more goes to paho."""
         with self._lock:
             self._open = False
 
     def reclaim(self) -> None:
-        """Take back what paho was still sending (before reconnecting, paho's thread stopped).
+        """Take back what paho was still sending (after the socket closed).
 
         Not in ``on_disconnect``: paho may be iterating its own queue when the
-        socket breaks, and emptying it under that loop crashes paho's thread.
+        socket breaks, and emptying it under that loop breaks paho.
         """
         with self._lock:
             self._client.drop_out_messages()
             taken = sorted(self._inflight.values(), key=lambda item: item.seq)
             self._inflight.clear()
             self._queue.extendleft(reversed(taken))
+            self._qos0_queued = sum(item.qos == 0 for item in self._queue)
 
     def on_publish(self, mid: int, refused: str | None) -> None:
-        """A PUBACK (network thread, paho's lock held): report it, send what fits now."""
+        """A PUBACK (or a QoS 0 message written): report it, send what fits now."""
         with self._lock:
             item = self._inflight.pop(mid, None)
-            if item is not None and item.on_done is not None:
-                try:
-                    item.on_done(refused)
-                except Exception:  # a callback's bug must not kill paho's thread
-                    log.exception("the outcome callback of a message to %s failed", item.topic)
-            self._pump()
+        if item is not None:
+            _report(item, refused)
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand queued messages to paho while open and within the window (serving thread)."""
+        finished: list[Outgoing] = []
+        with self._lock:
+            if not self._open and self._qos0_queued:
+                # QoS 0 is not kept while disconnected: it counts as sent.
+                finished = [item for item in self._queue if item.qos == 0]
+                self._queue = deque(item for item in self._queue if item.qos > 0)
+                self._qos0_queued = 0
+            while self._open and self._queue:
+                item = self._queue[0]
+                if item.qos > 0 and len(self._inflight) >= self._window:
+                    break
+                self._queue.popleft()
+                if item.qos == 0:
+                    self._qos0_queued -= 1
+                if self._dropped(item):
+                    continue
+                info = self._client.publish(
+                    item.topic, item.payload, qos=item.qos, retain=item.retain
+                )
+                if item.qos == 0:
+                    finished.append(item)
+                elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                    # The socket closed under us; reclaim() takes it back from paho.
+                    self._inflight[info.mid] = item
+                    break
+                else:
+                    self._inflight[info.mid] = item
+        for item in finished:
+            _report(item, None)
 
     def _dropped(self, item: Outgoing) -> bool:
         if item.token is not None and self._stale(item.token):
@@ -155,28 +193,14 @@ class Outbox:
             return True
         return False
 
-    def _pump(self) -> None:
-        """Hand queued messages to paho while open and within the window (lock held)."""
-        sent_qos0: list[Outgoing] = []
-        while self._open and self._queue:
-            item = self._queue[0]
-            if item.qos > 0 and len(self._inflight) >= self._window:
-                break
-            self._queue.popleft()
-            if self._dropped(item):
-                continue
-            info = self._client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-            if item.qos == 0:
-                sent_qos0.append(item)
-            elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                # The socket closed under us; on_disconnect takes it back from paho.
-                self._inflight[info.mid] = item
-                break
-            else:
-                self._inflight[info.mid] = item
-        for item in sent_qos0:
-            if item.on_done is not None:
-                item.on_done(None)
+
+def _report(item: Outgoing, refused: str | None) -> None:
+    if item.on_done is None:
+        return
+    try:
+        item.on_done(refused)
+    except Exception:  # a callback's bug must not stop the serving loop
+        log.exception("the outcome callback of a message to %s failed", item.topic)
 
 
 def refusal(reason: Any) -> str | None:

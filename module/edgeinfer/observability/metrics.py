@@ -47,7 +47,7 @@ class Metrics:
             "edgeinfer_batch_size", "Readings per model run", buckets=_BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "edgeinfer_queue_depth", "Readings waiting for the inference thread", registry=r
+            "edgeinfer_queue_depth", "Readings waiting to be answered", registry=r
         )
         self.queue_capacity = Gauge(
             "edgeinfer_queue_capacity", "Size of the reading queue", registry=r

@@ -1,78 +1,57 @@
-"""The reading queue and how a batch is taken from it.
+"""The reading queue, and when a batch is due.
 
-A batch closes when ``limit`` readings are taken or ``max_delay_ms`` has
-passed since the first (0: take what is already queued, add no wait). The
-queue is bounded: a full queue blocks the producer (back-pressure to the
-broker) instead of dropping a reading.
+Readings wait here between the transport, which adds them as they arrive, and
+the engine, which takes them a batch at a time. A batch is due when
+``max_batch`` readings are queued, when the oldest has waited ``max_delay_ms``
+(0: at once, with whatever is queued), or when the queue is closing. The
+capacity is a soft bound: at capacity the transport stops reading from the
+broker (back-pressure through TCP and the broker's own queue) rather than drop a
+reading; what it was already reading still goes in.
 """
 
 from __future__ import annotations
 
-import contextlib
-import queue
+import threading
 import time
-from typing import Generic, TypeVar, cast
+from collections import deque
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-#: Put by :meth:`ReadingQueue.close`: the consumer stops after the readings before it.
-STOP = object()
-#: Put by :meth:`ReadingQueue.wake`: the consumer looks at its mailbox (a model swap).
-WAKE = object()
-
 
 class ReadingQueue(Generic[T]):
-    """A bounded FIFO of readings plus the two control markers."""
+    """A FIFO of readings with their arrival times. Thread-safe."""
 
-    def __init__(self, size: int) -> None:
-        self._queue: queue.Queue[T | object] = queue.Queue(size)
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[tuple[float, T]] = deque()
+        self._lock = threading.Lock()
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
 
-    def put(self, item: T) -> float:
-        """Enqueue ``item``; returns the seconds spent waiting for room (0.0 when none)."""
-        try:
-            self._queue.put_nowait(item)
-            return 0.0
-        except queue.Full:
-            started = time.perf_counter()
-            self._queue.put(item)
-            return max(time.perf_counter() - started, 1e-9)
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.capacity
 
-    def wake(self) -> None:
-        """Nudge an idle consumer; a full queue needs none (the consumer is busy)."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(WAKE)
+    def put(self, item: T, arrived: float) -> None:
+        """Add ``item``, which arrived at ``arrived`` (``time.perf_counter()``)."""
+        with self._lock:
+            self._items.append((arrived, item))
 
-    def close(self) -> None:
-        """Ask the consumer to stop once everything queued before now is taken."""
-        self._queue.put(STOP)
+    def due(self, batch: int, max_delay_s: float) -> float | None:
+        """Seconds until a batch of up to ``batch`` is due (0: now); None when empty."""
+        with self._lock:
+            if not self._items:
+                return None
+            if len(self._items) >= batch or max_delay_s <= 0:
+                return 0.0
+            oldest = self._items[0][0]
+        return max(0.0, oldest + max_delay_s - time.perf_counter())
 
-    def get(self) -> T | object:
-        """The next item, a reading or a marker; blocks while empty."""
-        return self._queue.get()
-
-    def fill(self, batch: list[T], limit: int, max_delay_ms: float) -> bool:
-        """Add queued readings to ``batch`` up to ``limit``; True when STOP came.
-
-        Waits at most ``max_delay_ms`` after the call for more readings.
-        """
-        deadline = time.perf_counter() + max_delay_ms / 1000
-        while len(batch) < limit:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if item is STOP:
-                return True
-            if item is not WAKE:
-                batch.append(cast(T, item))
-        return False
+    def take(self, limit: int) -> list[T]:
+        """Up to ``limit`` readings, oldest first."""
+        with self._lock:
+            count = min(limit, len(self._items))
+            return [self._items.popleft()[1] for _ in range(count)]

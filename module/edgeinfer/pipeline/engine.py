@@ -1,22 +1,19 @@
-"""The inference thread: micro-batches readings, runs the model, hands answers to the responder.
+"""The engine: micro-batches readings, runs the model, hands answers to the responder.
 
-Threads, and what each one owns:
+It runs on the serving loop's thread (:mod:`.loop`), with the transport: the
+transport calls :meth:`Engine.submit` as readings arrive, and the loop calls
+:meth:`Engine.work` whenever :meth:`Engine.due` says a batch is due, between
+network events. Any thread may call :meth:`Engine.swap` (the new model is taken
+between two batches) or :meth:`Engine.drain`.
 
-* the transport's thread calls :meth:`Engine.submit`; it only enqueues (and
-  blocks while the queue is full: back-pressure, counted in the metrics,
-  rather than a dropped reading).
-* the engine thread owns the model being served, the decoder and the
-  batching; inference never runs on the transport's thread.
-* any thread may call :meth:`Engine.swap`; the engine thread takes the new
-  model between two batches.
-
-Batches close when ``max_batch`` readings are taken or ``max_delay_ms`` has
+Batches close when ``max_batch`` readings are queued or ``max_delay_ms`` has
 passed; :mod:`.runner` runs them in shape buckets along each input's batch
-axis (a model that cannot be batched runs one reading at a time). Answers are
-handed on in the order readings were taken from the queue, so results for one
-topic keep the readings' order. Every reading gets exactly one answer: its
-result, or its own error report; a failure of one reading never answers its
-batch-mates with an error.
+axis (a model that cannot be batched runs one reading at a time). A slow model
+gets smaller batches, so that one run keeps the network waiting about
+:data:`STEP_BUDGET_S` at most. Answers are handed on in the order readings were
+queued, so results for one topic keep the readings' order. Every reading gets
+exactly one answer: its result, or its own error report; a failure of one
+reading never answers its batch-mates with an error.
 """
 
 from __future__ import annotations
@@ -30,9 +27,10 @@ from dataclasses import dataclass
 from edgeinfer.errors import ReadingError
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.batching import STOP, WAKE, ReadingQueue
+from edgeinfer.pipeline.batching import ReadingQueue
 from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
+from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.pipeline.runner import Runner
@@ -40,6 +38,9 @@ from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError
 
 log = logging.getLogger(__name__)
+
+#: About how long one model run may keep the serving loop (and so the network) busy.
+STEP_BUDGET_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class BatchOutcome:
 
 
 class Engine:
-    """Owns the reading queue and the thread that answers readings."""
+    """Owns the reading queue and answers its readings, a batch at a time."""
 
     def __init__(
         self,
@@ -81,11 +82,15 @@ class Engine:
         self._observers: list[Callable[[BatchOutcome], None]] = []
         self._metrics = metrics
         self._queue: ReadingQueue[Message] = ReadingQueue(settings.queue_size)
-        # swap() leaves a model here; the engine thread takes it between batches.
+        # swap() leaves a model here; work() takes it between batches.
         self._swap_lock = threading.Lock()
         self._pending: tuple[LoadedModel, threading.Event] | None = None
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        self._loop: ServingLoop | None = None
         self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._full_since: float | None = None
+        self._row_seconds = 0.0  # a run's time per row, smoothed
         self._use(active)
         metrics.queue_capacity.set(settings.queue_size)
 
@@ -99,6 +104,7 @@ class Engine:
         )
         self._max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
         self._runner = Runner(self._max_batch, self._observe_run)
+        self._row_seconds = active.row_seconds
 
     @property
     def active(self) -> LoadedModel:
@@ -109,6 +115,10 @@ class Engine:
     def depth(self) -> int:
         """Readings waiting in the queue."""
         return self._queue.depth
+
+    def observe(self, observer: Callable[[BatchOutcome], None]) -> None:
+        """Call ``observer`` (on the serving thread) with every batch's outcome; before start."""
+        self._observers.append(observer)
 
     def swap(self, active: LoadedModel) -> threading.Event:
         """Serve ``active`` from the next batch on; the event is set once it is in use.
@@ -122,10 +132,78 @@ class Engine:
             if self._pending is not None:
                 self._pending[1].set()  # superseded before it was used
             self._pending = (active, applied)
-        self._queue.wake()  # a busy engine looks at _pending anyway
-        if not self._thread.is_alive():
-            self._take_pending()
+            loop = self._loop
+        if loop is not None:
+            loop.wake()  # taken at the loop's next turn
+        else:
+            self._take_pending()  # nothing is serving: no batch can be running
         return applied
+
+    def submit(self, message: Message) -> None:
+        """Queue one reading (the transport, on the serving thread; or any thread)."""
+        self._metrics.messages_received.inc()
+        self._queue.put(message, message.received)
+        self._idle.clear()
+        if self._full_since is None and self._queue.full:
+            # The transport stops reading until there is room again.
+            self._full_since = time.perf_counter()
+            self._metrics.backpressure_waits.inc()
+        loop = self._loop
+        if loop is not None and not loop.on_loop_thread():
+            loop.wake()
+
+    def drain(self, timeout: float) -> bool:
+        """Answer everything queued without waiting for more; True if done within ``timeout``.
+
+        The serving loop does the answering; without one, the caller's thread does.
+        """
+        self._closed = True
+        loop = self._loop
+        if loop is None:
+            while self.due() == 0:
+                self.work()
+            return self._queue.depth == 0
+        loop.wake()
+        return self._idle.wait(timeout)
+
+    # -- the serving loop (Worker) ---------------------------------------------
+
+    def attach(self, loop: ServingLoop) -> None:
+        with self._swap_lock:
+            self._loop = loop
+
+    def detach(self) -> None:
+        with self._swap_lock:
+            self._loop = None
+        self._take_pending()
+
+    @property
+    def has_room(self) -> bool:
+        return not self._queue.full
+
+    def due(self) -> float | None:
+        """Seconds until a batch is due (0: now); None when nothing is queued."""
+        if self._pending is not None:
+            return 0.0
+        delay = 0.0 if self._closed else self._settings.max_delay_ms / 1000
+        return self._queue.due(self._batch_limit(), delay)
+
+    def work(self) -> None:
+        """Take a waiting model, then answer one batch."""
+        self._take_pending()
+        batch = self._queue.take(self._batch_limit())
+        if batch:
+            self._answer_safely(batch)
+        if self._full_since is not None and not self._queue.full:
+            self._metrics.backpressure_seconds.inc(time.perf_counter() - self._full_since)
+            self._full_since = None
+        if self._queue.depth == 0:
+            self._idle.set()
+
+    def _batch_limit(self) -> int:
+        if self._row_seconds <= 0:
+            return self._max_batch  # not timed yet (admission times every model it serves)
+        return max(1, min(self._max_batch, int(STEP_BUDGET_S / self._row_seconds)))
 
     def _take_pending(self) -> None:
         with self._swap_lock:
@@ -134,50 +212,11 @@ class Engine:
             self._use(pending[0])
             pending[1].set()
 
-    def observe(self, observer: Callable[[BatchOutcome], None]) -> None:
-        """Call ``observer`` (on the engine thread) with every batch's outcome; before start."""
-        self._observers.append(observer)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, message: Message) -> None:
-        """Enqueue one reading; blocks while the queue is full (transport thread)."""
-        self._metrics.messages_received.inc()
-        waited = self._queue.put(message)
-        if waited:
-            self._metrics.backpressure_waits.inc()
-            self._metrics.backpressure_seconds.inc(waited)
-
-    def drain(self, timeout: float) -> bool:
-        """Answer everything queued, then stop the thread; True if it finished in time."""
-        if not self._closed:
-            self._closed = True
-            self._queue.close()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    # -- engine thread -------------------------------------------------------
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            self._take_pending()
-            if first is STOP:
-                return
-            if first is WAKE or not isinstance(first, Message):
-                continue
-            batch = [first]
-            stop = self._queue.fill(batch, self._max_batch, self._settings.max_delay_ms)
-            self._answer_safely(batch)
-            if stop:
-                return
-
     def _answer_safely(self, batch: list[Message]) -> None:
         answered: set[int] = set()
         try:
             self._answer(batch, answered)
-        except Exception:  # a bug here must not kill the only inference thread
+        except Exception:  # a bug here must not stop the serving loop
             log.exception("unexpected failure answering %d readings", len(batch))
             for message in batch:
                 if id(message) not in answered:
@@ -219,6 +258,10 @@ class Engine:
     def _observe_run(self, seconds: float, readings: int) -> None:
         self._metrics.inference_seconds.observe(seconds)
         self._metrics.batch_size.observe(readings)
+        per_row = seconds / max(1, readings)
+        self._row_seconds = (
+            per_row if not self._row_seconds else (0.8 * self._row_seconds + 0.2 * per_row)
+        )
 
     def _publish_result(
         self,

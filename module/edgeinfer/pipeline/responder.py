@@ -1,6 +1,6 @@
 """One answer per reading: publish it, and acknowledge the reading once the broker has it.
 
-The engine thread calls :meth:`Responder.result` or :meth:`Responder.error`
+The engine calls :meth:`Responder.result` or :meth:`Responder.error`
 exactly once per message. The publisher reports the broker's verdict on the
 transport's thread; only then is ``message.done()`` called (the transport's
 acknowledgement), so a crash at any moment loses no reading.

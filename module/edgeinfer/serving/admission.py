@@ -15,7 +15,7 @@ from pathlib import Path
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel, load
 from edgeinfer.manifest import Manifest
-from edgeinfer.serving.probe import verify_axes
+from edgeinfer.serving.probe import feed_rows, verify_axes
 from edgeinfer.serving.selftest import run_self_test, test_feeds
 
 
@@ -42,11 +42,14 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
     try:
         spec = dict(loaded.self_test)
         feeds = test_feeds(loaded.model, spec.get("inputs"), loaded.batch_axes)
-        run_self_test(loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds)
+        report = run_self_test(
+            loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds
+        )
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
         # The test runs must not leak into live answers (a streaming model's state).
         loaded.model.reset()
     except BaseException:
         loaded.model.close()
         raise
-    return dataclasses.replace(loaded, axes=axes)
+    rows = max(1, feed_rows(feeds, axes))
+    return dataclasses.replace(loaded, axes=axes, row_seconds=report.median_ms / 1000 / rows)

@@ -45,7 +45,7 @@ def verify_axes(model: Model, axes: BatchAxes, feeds: Mapping[str, Array]) -> Ba
                 axes.outputs, False, f"output {name!r} does not grow along one axis with the batch"
             )
         found[name] = axis
-    rows = _rows(feeds, axes)
+    rows = feed_rows(feeds, axes)
     halves = split_rows(two, found, [rows, rows])
     for name, alone in one.items():
         if not _close(alone, halves[0][name]):
@@ -72,7 +72,8 @@ def _grown_axis(alone: Value, two: Value, expected: int | None) -> int | None:
     return grown[0] if len(grown) == 1 else None
 
 
-def _rows(feeds: Mapping[str, Array], axes: BatchAxes) -> int:
+def feed_rows(feeds: Mapping[str, Array], axes: BatchAxes) -> int:
+    """How many rows ``feeds`` hold along their batch axes (1 when none has one)."""
     for name, arr in feeds.items():
         axis = axes.inputs.get(name)
         if axis is not None:

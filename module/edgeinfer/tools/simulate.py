@@ -14,8 +14,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.mqtt.connection import connect_properties
 from edgeinfer.mqtt.security import apply_security
+from edgeinfer.mqtt.session import connect_properties
 from edgeinfer.tools.recordings import load_recordings
 
 

@@ -25,7 +25,7 @@ class Limits:
 
 
 class ProbationMonitor:
-    """Collects batch outcomes of one model (fed from the engine thread)."""
+    """Collects batch outcomes of one model (fed from the serving thread)."""
 
     def __init__(self, watched: LoadedModel, limits: Limits) -> None:
         self._watched = watched

@@ -10,7 +10,7 @@ probation becomes ``active`` and may be what a later roll-back returns to:
   an inbox drop): it is taken out unproven (:meth:`Switcher.abandon`), not
   accepted, and not recorded as failed.
 
-Runs on the updater thread; the engine thread only feeds :meth:`observe`.
+Runs on the updater thread; the serving thread only feeds :meth:`observe`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Switcher:
         return self._served
 
     def observe(self, outcome: BatchOutcome) -> None:
-        """A batch's outcome (engine thread)."""
+        """A batch's outcome (serving thread)."""
         probation = self.probation
         if probation is not None:
             probation.monitor.observe(outcome)

@@ -3,13 +3,13 @@
 Work comes from three places and goes through one gate (verify -> admit ->
 install -> switch -> probation):
 
-* a desired state on ``edgeinfer/{id}/desired`` (the network thread only queues it),
+* a desired state on ``edgeinfer/{id}/desired`` (the serving thread only queues it),
 * a hand-edited ``current`` symlink, and a model dropped into ``inbox/``
   (the watchdog thread only queues them; :mod:`.local` handles them).
 
 Threads and what they own: the updater thread owns every step, the store's
 changes, what is served (:mod:`.served`, :mod:`.switcher`) and the reported
-state, which only it publishes; the engine thread calls :meth:`Updater.observe`
+state, which only it publishes; the serving thread calls :meth:`Updater.observe`
 for each batch. A newer desired state supersedes the one running: it is
 checked between steps and on every downloaded chunk. The same document again
 (the retained desired state after every reconnect) changes nothing, and
@@ -112,7 +112,7 @@ class Updater:
             self._thread.join(timeout)
 
     def submit_desired(self, payload: bytes) -> None:
-        """A desired state arrived (network thread): it supersedes any pending one.
+        """A desired state arrived (serving thread): it supersedes any pending one.
 
         The same bytes as the document in effect are dropped here: the broker
         resends the retained desired state after every reconnect, and that must
@@ -138,7 +138,7 @@ class Updater:
             self._cond.notify_all()
 
     def observe(self, outcome: BatchOutcome) -> None:
-        """Each batch's outcome (engine thread), for the probation monitor."""
+        """Each batch's outcome (serving thread), for the probation monitor."""
         self._switcher.observe(outcome)
 
     # -- updater thread -------------------------------------------------------

@@ -1,0 +1,71 @@
+"""What the module subscribes to, how, and what the broker said about it.
+
+Readings' filters and the control topics (the desired state) are subscribed
+again on every CONNACK. With MQTT 5 the broker applies the retained-message
+rule (retain handling 2: no stored copies at all, 1: only for a new
+subscription); with 3.1.1 the module applies it. A SUBACK that refuses a filter
+is logged and kept (``errors``) until a later SUBACK grants it: ``/readyz``
+names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger(__name__)
+
+
+class Subscriptions:
+    """The filters of one client and the broker's verdicts on them (serving thread)."""
+
+    def __init__(self, v5: bool) -> None:
+        self._v5 = v5
+        self._filters: list[tuple[str, int]] = []
+        self._control: set[str] = set()
+        self.retained = "ignore"
+        self._pending: dict[int, str] = {}  # mid -> filter, until the SUBACK
+        self.errors: dict[str, str] = {}  # filter -> why the broker refused it
+
+    def set(self, inputs: list[tuple[str, int]], control: list[str], retained: str) -> None:
+        """Readings' filters with their QoS, the control topics (QoS 1), the retained policy."""
+        self._filters = list(inputs) + [(topic, 1) for topic in control]
+        self._control = set(control)
+        self.retained = retained
+
+    def subscribe(self, client: paho.Client) -> None:
+        """Subscribe to everything (on each CONNACK)."""
+        for flt, qos in self._filters:
+            if self._v5:
+                _, mid = client.subscribe(flt, options=self._options(flt, qos))
+            else:
+                _, mid = client.subscribe(flt, qos=qos)
+            if mid is not None:
+                self._pending[mid] = flt
+
+    def on_suback(self, mid: int, reasons: Any) -> None:
+        flt = self._pending.pop(mid, None)
+        if flt is None:
+            return
+        refused = next((r for r in reasons if getattr(r, "is_failure", False)), None)
+        if refused is None:
+            self.errors.pop(flt, None)
+            return
+        why = f"{refused} (0x{int(refused.value):02x})"
+        self.errors[flt] = why
+        log.error("the broker refused the subscription to %r: %s", flt, why)
+
+    def wants_retained(self, session_present: bool) -> bool:
+        """Whether a retained reading (a stored copy, never a live one) is answered."""
+        # MQTT 5 lets the broker apply the rule; 3.1.1 resends stored copies on
+        # every subscribe, and a resumed session means it was sent before.
+        return self.retained == "once" and not (not self._v5 and session_present)
+
+    def _options(self, flt: str, qos: int) -> SubscribeOptions:
+        if flt in self._control:
+            return SubscribeOptions(qos=qos)
+        handling = 2 if self.retained == "ignore" else 1
+        return SubscribeOptions(qos=qos, retainHandling=handling)
