@@ -8,6 +8,7 @@ an UpdateError; templates render what a plain reference rendering says.
 from __future__ import annotations
 
 import io
+import json
 import re
 import string
 from typing import Any
@@ -21,6 +22,7 @@ from hypothesis.extra import numpy as hnp
 
 from edgeinfer.errors import ReadingError, UpdateError
 from edgeinfer.pipeline.decode import Decoder
+from edgeinfer.pipeline.fast_json import FastReadings
 from edgeinfer.pipeline.npy import load_npy
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.topics import TopicTemplate
@@ -89,6 +91,88 @@ def test_any_json_document_decodes_or_is_refused_with_a_reading_error(
     doc: Any, decoder: Decoder
 ) -> None:
     decodes_or_refuses(decoder, orjson.dumps(doc))
+
+
+def general_only(decoder: Decoder) -> Decoder:
+    """The same decoder without its simdjson fast path."""
+    twin = Decoder(decoder._inputs, 4096)
+    twin._fast = None
+    return twin
+
+
+FLOAT_DECODERS = [d for d in DECODERS if d._fast is not None]
+SLOW_TWINS = {id(d): general_only(d) for d in FLOAT_DECODERS}
+numbers = st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.booleans() | st.none()
+near_matrices = st.one_of(
+    st.lists(numbers, max_size=8),
+    st.lists(st.lists(numbers | st.lists(numbers, max_size=2), max_size=4), max_size=4),
+)
+common_readings = st.one_of(
+    near_matrices,
+    st.fixed_dictionaries(
+        {"features": near_matrices},
+        optional={"id": json_values, "ts": json_values, "extra": json_values},
+    ),
+)
+
+
+def outcome(decoder: Decoder, payload: bytes) -> Any:
+    try:
+        reading = decoder.decode(payload)
+    except ReadingError as exc:
+        return ("refused", exc.code, exc.reason, exc.rid)
+    feeds = {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in reading.feeds.items()}
+    return ("answered", feeds, reading.rows, reading.id, reading.ts, reading.bucket)
+
+
+@PROFILE
+@given(common_readings, st.sampled_from(FLOAT_DECODERS))
+@example({"features": [[[1.0], 2.0], [3.0, 4.0]]}, FLOAT_DECODERS[0])  # nesting as_buffer flattens
+@example({"features": [1.0, [2.0]], "id": "[x"}, FLOAT_DECODERS[0])
+@example([[1.0, 2.0, 3.0], [4.0], [5.0, 6.0]], FLOAT_DECODERS[0])  # ragged, 3x2 values
+def test_the_fast_json_path_answers_exactly_as_the_general_one(doc: Any, decoder: Decoder) -> None:
+    payload = json.dumps(doc).encode()  # orjson cannot write integers beyond 64 bits
+    assert outcome(decoder, payload) == outcome(SLOW_TWINS[id(decoder)], payload)
+
+
+def test_the_fast_path_takes_the_common_reading_and_leaves_the_rest_to_the_general_one() -> None:
+    fast = FastReadings()
+    found = fast.read(b'{"id": "a-1", "ts": 1.5, "features": [[1, 2.5], [3, -4e-3]]}')
+    assert found is not None
+    numbers, rid, ts = found
+    np.testing.assert_array_equal(numbers, [[1.0, 2.5], [3.0, -4e-3]])
+    assert (rid, ts) == ("a-1", 1.5)
+    assert fast.read(b"[1, 2, 3]") is not None
+    for payload in (
+        b'{"features": [[[1], 2], [3, 4]]}',  # as_buffer would flatten it to 2 x 2
+        b'{"features": [[1, 2, 3], [4], [5, 6]]}',  # ragged, 6 values
+        b'{"features": [1, "2"]}',
+        b'{"features": [1, null]}',
+        b'{"features": [1], "other": 2}',
+        b'{"features": [1], "features": [2]}',
+        b'{"features": [1], "id": {"a": 1}}',
+        b'{"features": [1], "id": "[x]"}',
+        b'{"inputs": {"x": [1]}}',
+        b"[1e999]",
+        b"not json",
+    ):
+        assert fast.read(payload) is None, payload
+
+
+@PROFILE
+@given(
+    st.sampled_from(FLOAT_DECODERS),
+    st.sampled_from(
+        [
+            b'{"features": [1, 2, 3], "features": [4, 5, 6]}',
+            b'{"id": 1, "features": [[1, 2, 3]], "id": 2}',
+        ]
+    ),
+)
+def test_duplicate_keys_are_read_as_the_general_path_reads_them(
+    decoder: Decoder, payload: bytes
+) -> None:
+    assert outcome(decoder, payload) == outcome(SLOW_TWINS[id(decoder)], payload)
 
 
 @PROFILE

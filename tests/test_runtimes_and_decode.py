@@ -227,3 +227,25 @@ def test_a_model_whose_input_is_not_a_tensor_is_refused_at_load_naming_it(tmp_pa
     assert str(info.value) == (
         "input 'xs' is seq(tensor(float)): expected a tensor of a numeric, bool or string type"
     )
+
+
+def test_admission_keeps_a_fast_model_on_one_thread_and_gives_a_slow_one_every_core(
+    tmp_path: Path,
+) -> None:
+    """Waking worker threads for a 50 us reading costs more CPU than it saves."""
+    from edgeinfer.serving.admission import RuntimeOptions, admit
+    from tests.updates_support import busy_model
+
+    fast = admit(ONNX_MODEL, None, RuntimeOptions(self_test_runs=2))
+    slow_path = tmp_path / "busy.onnx"
+    slow_path.write_bytes(busy_model(layers=2, side=128))  # a few ms a reading
+    slow = admit(slow_path, None, RuntimeOptions(self_test_runs=2))
+    chosen = admit(ONNX_MODEL, None, RuntimeOptions(threads=2, self_test_runs=2))
+    try:
+        assert getattr(fast.model, "threads", None) == 1
+        assert getattr(slow.model, "threads", None) == 0  # the runtime's default: every core
+        assert getattr(chosen.model, "threads", None) == 2  # a configured count is kept
+        assert 0 < fast.row_seconds < slow.row_seconds
+    finally:
+        for loaded in (fast, slow, chosen):
+            loaded.model.close()

@@ -22,7 +22,8 @@ from types import FrameType
 
 from edgeinfer.config import Config
 from edgeinfer.loaded import LoadedModel
-from edgeinfer.mqtt.connection import MqttConnection, log_refusal
+from edgeinfer.mqtt.connection import MqttConnection
+from edgeinfer.mqtt.outbox import log_refusal
 from edgeinfer.observability.http import HealthServer
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import Engine, EngineSettings

@@ -74,7 +74,7 @@ class ModelConfig:
             self.threads >= 0,
             "model.threads",
             self.threads,
-            "an integer >= 0 (0 lets the runtime decide)",
+            "an integer >= 0 (0 chooses by how long a reading takes)",
         )
         _require(
             len(self.providers) > 0,

@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.mqtt.acks import AckTracker, Ticket
-from edgeinfer.mqtt.outbox import Outbox, refusal
+from edgeinfer.mqtt.outbox import Outbox, log_refusal, refusal
 from edgeinfer.mqtt.security import apply_security
 from edgeinfer.mqtt.session import Backoff, connect_properties
 from edgeinfer.mqtt.subscriptions import Subscriptions
@@ -436,16 +436,6 @@ class MqttConnection:
         payload MQTT cannot carry.
         """
         self._outbox.publish(topic, payload, qos, retain, on_done, token)
-
-
-def log_refusal(topic: str) -> Outcome:
-    """An outcome for the module's own messages (status, reported): a refusal is logged."""
-
-    def outcome(refused: str | None) -> None:
-        if refused is not None:
-            log.error("the broker refused the message on %r: %s", topic, refused)
-
-    return outcome
 
 
 def _refuse(message: Message) -> None:

@@ -208,3 +208,13 @@ def refusal(reason: Any) -> str | None:
     if reason is None or not getattr(reason, "is_failure", False):
         return None
     return f"{reason} (0x{int(reason.value):02x})"
+
+
+def log_refusal(topic: str) -> Outcome:
+    """An outcome for the module's own messages (status, reported): a refusal is logged."""
+
+    def outcome(refused: str | None) -> None:
+        if refused is not None:
+            log.error("the broker refused the message on %r: %s", topic, refused)
+
+    return outcome

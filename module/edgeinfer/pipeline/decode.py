@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ReadingError
+from edgeinfer.pipeline.fast_json import FastReadings
 from edgeinfer.pipeline.npy import EMPTY_ZIP, ZIP_MAGIC, load_npy, load_npz
 from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
 from edgeinfer.pipeline.tensors import fit_shape, to_input
@@ -59,6 +60,8 @@ class Decoder:
         self._allow_non_finite = allow_non_finite
         axes = axes or infer_batch_axes(inputs, ())
         self._axes = axes.inputs
+        single_float = len(inputs) == 1 and inputs[0].dtype.kind == "f"
+        self._fast = FastReadings() if single_float else None
         # A model run one reading at a time takes each reading whole: its inputs'
         # "rows" need not agree (a sequence beside a fixed state, say).
         self._batchable = axes.batchable
@@ -80,6 +83,13 @@ class Decoder:
             return self._from_arrays({self._single_input().name: load_npy(payload)})
         if payload.startswith((ZIP_MAGIC, EMPTY_ZIP)):
             return self._from_arrays(load_npz(payload, self._max_bytes * 16))
+        if self._fast is not None and (found := self._fast.read(payload)) is not None:
+            numbers, rid, ts = found
+            try:
+                return self._from_arrays({self._inputs[0].name: numbers}, rid, ts)
+            except ReadingError as exc:
+                exc.rid = rid
+                raise
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:

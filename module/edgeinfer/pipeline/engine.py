@@ -143,7 +143,8 @@ class Engine:
         """Queue one reading (the transport, on the serving thread; or any thread)."""
         self._metrics.messages_received.inc()
         self._queue.put(message, message.received)
-        self._idle.clear()
+        if self._idle.is_set():
+            self._idle.clear()
         if self._full_since is None and self._queue.full:
             # The transport stops reading until there is room again.
             self._full_since = time.perf_counter()

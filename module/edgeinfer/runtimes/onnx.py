@@ -98,6 +98,7 @@ class OnnxModel:
         # burn a core of a 2-core gateway for nothing, so they sleep when idle.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.intra_op_num_threads = threads
+        self.threads = threads  # 0: the runtime's default
         options.inter_op_num_threads = 1
         # ONNX Runtime logs to stderr in its own format; its errors reach us as
         # exceptions and are reported as ours, so only fatal ones are let through.

@@ -92,6 +92,7 @@ class TFLiteModel:
     format = "tflite"
 
     def __init__(self, path: Path, threads: int = 0, quantized_io: str = "float") -> None:
+        self.threads = threads  # 0: the runtime's default
         module, dist = _interpreter_module()
         self.runtime = f"{dist} {_version(dist)}"
         try:

@@ -4,19 +4,34 @@
 either fails, whatever was loaded is closed and an UpdateError says why. The
 start-up path, desired states, a hand-edited ``current`` and the inbox all
 go through it.
+
+With ``model.threads = 0`` (the default) the runtime's thread count is chosen
+here: a model that answers a reading in under :data:`PARALLEL_FROM_S` on one
+thread keeps one, because waking worker threads for so little work costs more
+CPU than it saves, and on a gateway the other cores are busy with the broker and
+the network (benchmarks/bench_pipeline.py: 0.90x the pass-through with the
+runtime's default, 0.98x with one thread). A slower model gets every core.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel, load
 from edgeinfer.manifest import Manifest
+from edgeinfer.runtimes.base import Array, Model
 from edgeinfer.serving.probe import feed_rows, verify_axes
 from edgeinfer.serving.selftest import run_self_test, test_feeds
+
+log = logging.getLogger(__name__)
+
+#: A reading slower than this on one thread is worth the runtime's worker threads.
+PARALLEL_FROM_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -35,16 +50,13 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         UpdateError: the model will not load, or fails its self-test; nothing
             stays loaded.
     """
-    try:
-        loaded = load(path, manifest, options.threads, options.providers)
-    except (ModelError, OSError) as exc:
-        raise UpdateError(f"the model will not load: {exc}") from exc
+    loaded = _load(path, manifest, options.threads or 1, options.providers)
+    if options.threads == 0:
+        loaded = _every_core_if_slow(loaded, options.providers)
     try:
         spec = dict(loaded.self_test)
         feeds = test_feeds(loaded.model, spec.get("inputs"), loaded.batch_axes)
-        report = run_self_test(
-            loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds
-        )
+        report = run_self_test(loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds)
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
         # The test runs must not leak into live answers (a streaming model's state).
         loaded.model.reset()
@@ -53,3 +65,42 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         raise
     rows = max(1, feed_rows(feeds, axes))
     return dataclasses.replace(loaded, axes=axes, row_seconds=report.median_ms / 1000 / rows)
+
+
+def _every_core_if_slow(loaded: LoadedModel, providers: tuple[str, ...]) -> LoadedModel:
+    """``loaded`` (on one thread), or the same model again on the runtime's default threads
+    when one reading takes :data:`PARALLEL_FROM_S` or more."""
+    try:
+        feeds = test_feeds(loaded.model, dict(loaded.self_test).get("inputs"), loaded.batch_axes)
+        seconds = _seconds_a_run(loaded.model, feeds)
+    except BaseException:
+        loaded.model.close()
+        raise
+    if seconds < PARALLEL_FROM_S:
+        return loaded
+    loaded.model.close()
+    log.debug("%s takes %.1f ms a reading on one thread: every core", loaded.path, seconds * 1e3)
+    return _load(loaded.path, loaded.manifest, 0, providers)
+
+
+def _load(
+    path: Path, manifest: Manifest | None, threads: int, providers: tuple[str, ...]
+) -> LoadedModel:
+    try:
+        return load(path, manifest, threads, providers)
+    except (ModelError, OSError) as exc:
+        raise UpdateError(f"the model will not load: {exc}") from exc
+
+
+def _seconds_a_run(model: Model, feeds: dict[str, Array]) -> float:
+    """The fastest of three runs of the test reading, after a warm-up (errors: the self-test's)."""
+    try:
+        model.run(feeds)
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            model.run(feeds)
+            timings.append(time.perf_counter() - started)
+    except ModelError:
+        return 0.0  # the self-test reports it
+    return min(timings)
