@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,21 @@ def write_manifest(
     (model_path.parent / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+#: The window the streaming variant declares: 100 samples (10 s at 10 Hz), a result every 5 s.
+STREAM_WINDOW = {"size": 100, "hop": 50, "key": "topic", "timeout_s": 30.0, "partial": "drop"}
+
+
+def write_streaming(onnx_path: Path) -> None:
+    """``stream/``: the same ONNX model, with a manifest that declares its window, so sensors
+    can publish one sample per message (what ``make demo`` serves)."""
+    target = OUT / "stream" / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, target)
+    manifest = json.loads((onnx_path.parent / "manifest.json").read_text())
+    manifest["window"] = STREAM_WINDOW
+    (target.parent / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def export_datasets(x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
     """Calibration inputs (train split) and evaluation set (test split) for `edgeinfer quantize`."""
     np.savez_compressed(OUT / "calibration.npz", window=x_train)
@@ -205,6 +221,7 @@ def main() -> None:
         report[fmt] = {"held_out_accuracy": acc, "max_abs_diff_vs_keras": gap}
         write_manifest(path, fmt, probs, x_test, acc)
 
+    write_streaming(onnx_path)
     export_datasets(x_train, x_test, y_test)
     RECORDINGS.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(RECORDINGS, windows=x_test, labels=y_test, label_names=np.array(LABELS))

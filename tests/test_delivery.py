@@ -158,3 +158,22 @@ def test_sigterm_drains_in_flight_readings_and_exits_0_with_offline_status(
     "answered before the restart): the drained ones should have been acknowledged"
     sink.close()
     pub.close()
+
+
+def test_results_at_qos_0_are_published(
+    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+) -> None:
+    """paho writes a QoS 0 message inside publish() and reports it at once: the outbox,
+    which calls it, must not wait on itself (it hung on the first QoS 0 result)."""
+    env = {"EDGEINFER_TOPICS_OUTPUT_QOS": "0"}
+    module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, env=env).start()
+    modules.append(module)
+    sink = Collector(broker.url, [module.result_topic("+")])
+    pub = Publisher(broker.url)
+    for i in range(50):
+        pub.send(module.topic("imu"), reading(recordings, i))
+    pub.flush()
+    assert wait_ids(sink, set(range(50)), timeout=15) == set(range(50))
+    assert module.http_get("/readyz")[0] == 200
+    sink.close()
+    pub.close()

@@ -142,3 +142,36 @@ def test_a_refused_subscription_is_logged_and_kept_until_granted(
     subs._pending[6] = "site/#"
     conn._on_subscribe(conn._client, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
     assert conn.subscription_errors == {}
+
+
+def test_a_link_lost_inside_publish_does_not_hang_the_outbox() -> None:
+    """paho's publish() writes at once on the serving thread; when the socket breaks there,
+    paho calls on_disconnect from inside it, and the outbox (mid-pump) must not wait on
+    itself. It hung the serving loop: the module never reconnected."""
+    box, client = outbox()
+    publish = client.publish
+    broken = threading.Event()
+
+    def breaks(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Info:
+        info = publish(topic, payload, qos, retain)
+        if payload == b"2" and not broken.is_set():
+            broken.set()
+            box.on_disconnect()  # what paho's _loop_rc_handle does on a write error
+            return Info(info.mid, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        return info
+
+    client.publish = breaks  # type: ignore[method-assign]
+    box.on_connect(None)
+    done = threading.Event()
+
+    def send() -> None:
+        for n in range(1, 5):
+            box.publish("t", str(n).encode(), 1, False, None, None)
+        done.set()
+
+    threading.Thread(target=send, daemon=True).start()
+    assert done.wait(2), "the outbox waited on itself"
+    assert client.wire == ["1", "2"]  # nothing more goes to paho once the link is gone
+    box.reclaim()
+    box.on_connect(None)
+    assert client.wire == ["1", "2", "1", "2", "3", "4"]  # in order after the reconnect

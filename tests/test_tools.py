@@ -50,8 +50,10 @@ def test_the_demo_shows_live_results_and_a_summary_with_nothing_lost() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "[demo] module ready in" in out
-    assert " ok  label=" in out
-    assert "results received   2005  (lost 0, errors 0)" in out
+    assert "streaming real BasicMotions recordings one 6-axis sample per message" in out
+    assert "samples 0-99    ok   label=" in out  # results answer windows of samples
+    assert "samples sent       4800" in out  # (200 live + 1000 burst) x 4 devices
+    assert "results received   92 of 92  (lost 0, errors 0)" in out  # 23 windows a device
     assert "accuracy vs truth  100.0%" in out
     assert "burst end-to-end   p50" in out
     assert "[demo] pushing an over-the-air update" in out

@@ -71,7 +71,10 @@ def test_an_update_over_http_reports_each_step_and_swaps_the_model_in(
     assert (rig.store / "models/har/1.1.0/model.tflite").read_bytes() == TFLITE
     assert list((rig.store / "downloads").iterdir()) == []
     rig.reading(recordings, 3)
-    result = rig.sink.wait_for(len(rig.sink.messages) + 1) and rig.results()[-1]
+    deadline = time.monotonic() + 5
+    while not rig.results() and time.monotonic() < deadline:  # not just any message: a result
+        time.sleep(0.01)
+    result = rig.results()[-1]
     assert result["version"] == "1.1.0"
     assert result["label"] == recordings.label_names[recordings.labels[3]]
     assert time.monotonic() - started < 10
@@ -488,9 +491,12 @@ def test_the_deploy_and_status_commands_drive_an_update(
     assert deployed.stdout.startswith(f"desired state for {mid}: har 1.1.0 sha256 ")
     assert deployed.stdout.strip().endswith(f"{len(TFLITE)} bytes, sequence 42")
     wait_reported(rig.sink, update_is("active", "1.1.0"))
-    status = run_cli("status", "--module-id", mid, "--broker", broker.url)
+    status = run_cli("status", "--module-id", mid, "--broker", broker.url, "--json")
     assert status.returncode == 0, status.stderr
     doc = orjson.loads(status.stdout)
+    table = run_cli("status", "--module-id", mid, "--broker", broker.url)
+    assert f"module    {mid}" in table.stdout
+    assert "update    active  har 1.1.0" in table.stdout
     assert doc["module_id"] == mid
     assert (doc["model"]["name"], doc["model"]["version"]) == ("har", "1.1.0")
     assert doc["update"]["state"] == "active"
@@ -526,3 +532,25 @@ def test_a_current_model_that_fails_its_self_test_at_start_falls_back_to_previou
         rig.sink, lambda d: d["model"]["version"] == "1.0.0" and d["update"]["state"] == "idle"
     )
     assert report["model"]["runtime"].startswith("onnxruntime")
+
+
+def test_deploy_wait_follows_the_update_to_active_or_to_its_failure(
+    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]
+) -> None:
+    models = str(TFLITE_MODEL.parent.parent)
+    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_FILE_ROOTS=models)
+    mid = rig.module.module_id
+    common = ("--module-id", mid, "--broker", broker.url, "--wait", "--timeout", "30")
+    done = run_cli("deploy", "--model", str(TFLITE_MODEL), "--version", "1.1.0", *common)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = [line.split()[0] for line in done.stdout.splitlines()[1:]]
+    assert steps[-1] == "active" and "testing" in steps and "probation" in steps
+    # An update the module refuses (its file:// URL is outside updates.file_roots): the
+    # command shows the reason and exits 1.
+    elsewhere = tmp_path / "elsewhere" / "model.onnx"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(ONNX_MODEL.read_bytes())
+    failed = run_cli("deploy", "--model", str(elsewhere), "--version", "1.2.0", *common)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    last = failed.stdout.splitlines()[-1]
+    assert last.startswith("  failed: ") and "file_roots" in last

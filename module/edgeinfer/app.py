@@ -24,6 +24,7 @@ from edgeinfer.config import Config
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.mqtt.connection import MqttConnection
 from edgeinfer.mqtt.outbox import log_refusal
+from edgeinfer.observability.health import HealthPublisher
 from edgeinfer.observability.http import HealthServer
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import Engine, EngineSettings
@@ -39,6 +40,9 @@ from edgeinfer.updates.watcher import StoreWatcher
 
 log = logging.getLogger(__name__)
 
+#: The stream journal, in the state directory (windowed models only).
+JOURNAL_NAME = "streams.sqlite"
+
 
 class EdgeInferModule:
     """One running edgeinfer module."""
@@ -50,7 +54,10 @@ class EdgeInferModule:
         self.watcher: StoreWatcher | None = None
         mid = config.module.id
         options = RuntimeOptions(
-            config.model.threads, tuple(config.model.providers), config.updates.self_test_runs
+            config.model.threads,
+            tuple(config.model.providers),
+            config.updates.self_test_runs,
+            tuple(config.streams.window_overrides().items()),
         )
         self.store = ModelStore(Path(config.module.state_dir))
         loaded, stored = serve_from_store(self.store, config.model.path, options)
@@ -65,12 +72,16 @@ class EdgeInferModule:
             allow_non_finite=config.pipeline.allow_non_finite,
             output=config.topics.output_template,
             module_id=mid,
+            journal=Path(config.module.state_dir) / JOURNAL_NAME
+            if config.streams.journal
+            else None,
+            journal_sync=config.streams.journal_sync,
         )
         self.responder = Responder(
             self.connection, self.metrics, module_topic(mid, "errors"), config.topics.output_qos
         )
         self.engine = Engine(loaded, settings, self.responder, self.metrics)
-        reporter = Reporter(mid, self.store, self._publish_reported)
+        reporter = Reporter(mid, self.store, self._publish_reported, config.module.labels)
         self.updater = Updater(
             config.updates,
             self.store,
@@ -80,9 +91,20 @@ class EdgeInferModule:
             on_swap=self._show_model,
             module_id=mid,
             labels=config.module.labels,
+            routes=self.engine,
+            metrics=self.metrics,
         )
         self.engine.observe(self.updater.observe)
         self.metrics.watch(lambda: self.engine.depth, lambda: self.connection.unacked)
+        self.health: HealthPublisher | None = None
+        if config.module.health_interval_s > 0:
+            self.health = HealthPublisher(
+                self.metrics,
+                self._publish_health,
+                config.module.health_interval_s,
+                lambda: self.engine.depth,
+                lambda: self.connection.unacked,
+            )
         self._show_model(loaded)
 
     # -- callbacks from other threads -------------------------------------------
@@ -96,6 +118,11 @@ class EdgeInferModule:
     def _publish_reported(self, payload: bytes) -> None:
         topic = module_topic(self.config.module.id, "reported")
         self.connection.publish(topic, payload, qos=1, retain=True, on_done=log_refusal(topic))
+
+    def _publish_health(self, payload: bytes) -> None:
+        topic = module_topic(self.config.module.id, "health")
+        if self.connection.connected:  # a stale summary is worse than none
+            self.connection.publish(topic, payload, qos=1, retain=True, on_done=log_refusal(topic))
 
     def _show_model(self, loaded: LoadedModel) -> None:
         model = loaded.model
@@ -139,6 +166,8 @@ class EdgeInferModule:
             host, port = self.config.http.address
             self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
             self.http.start()
+        if self.health is not None:
+            self.health.start()
         mid = self.config.module.id
         self.connection.start(
             [(flt, self.config.topics.input_qos) for flt in self.config.topics.inputs],
@@ -154,6 +183,8 @@ class EdgeInferModule:
         deadline = time.monotonic() + self.config.module.shutdown_timeout_s
         self.connection.stop_intake()
         self.responder.close()
+        if self.health is not None:
+            self.health.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self.updater.stop(timeout=1.0)
@@ -168,6 +199,7 @@ class EdgeInferModule:
                 self.connection.unacked,
             )
         self.connection.stop(max(0.5, deadline - time.monotonic()))
+        self.engine.close()
         if self.http is not None:
             self.http.stop()
         self.engine.active.model.close()

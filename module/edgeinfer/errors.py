@@ -78,6 +78,11 @@ class ReadingError(EdgeInferError):
     def __reduce__(self) -> tuple[type[ReadingError], tuple[str, str, object]]:
         return (ReadingError, (self.code, self.reason, self.rid))
 
+    @classmethod
+    def internal(cls, rid: object = None) -> ReadingError:
+        """The module itself failed on the reading (a bug): the report points at the log."""
+        return cls("internal_error", "the module failed to answer this reading; see its log", rid)
+
 
 class UpdateError(EdgeInferError):
     """An over-the-air update is refused or failed; the message goes into the report."""

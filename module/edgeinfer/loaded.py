@@ -15,6 +15,7 @@ from edgeinfer.runtimes import load_model
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Model
 from edgeinfer.runtimes.labels import LabelRule
+from edgeinfer.streamplan import StreamPlan
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +34,7 @@ class LoadedModel:
     label_rule: LabelRule | None = None
     loaded_at: float = field(default_factory=time.time)
     row_seconds: float = 0.0  # a run's time per row, from the self-test (0: not timed)
+    streams: StreamPlan | None = None  # how windows of streamed samples feed it (admission)
 
     def __post_init__(self) -> None:
         if self.axes is None:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ModelError
+from edgeinfer.streamspec import StateSpec, WindowSpec
 
 MANIFEST_NAME = "manifest.json"
 UNVERSIONED = "unversioned"
@@ -51,6 +52,9 @@ class Manifest:
     score_output: str | None = None
     #: Quantized TFLite: "float" (quantize inputs, dequantize outputs) or "raw".
     quantized_io: str = "float"
+    #: Streams of samples: the model's window, and its recurrent state per stream.
+    window: WindowSpec | None = None
+    state: StateSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,6 +82,10 @@ class Manifest:
                 doc[key] = getattr(self, key)
         if self.quantized_io != "float":
             doc["quantized_io"] = self.quantized_io
+        if self.window is not None:
+            doc["window"] = self.window.to_doc()
+        if self.state is not None:
+            doc["state"] = self.state.to_doc()
         return doc
 
     def to_json(self) -> bytes:
@@ -117,7 +125,10 @@ class Manifest:
         if quantized_io not in ("float", "raw"):
             raise ModelError(f'{where}: quantized_io = {quantized_io!r}: expected "float" or "raw"')
         known = {"name", "version", "format", "sha256", "size", "labels", "self_test", "source",
-                 "batch_axes", "label_output", "score_output", "quantized_io"}  # fmt: skip
+                 "batch_axes", "label_output", "score_output", "quantized_io", "window",
+                 "state"}  # fmt: skip
+        window = doc.get("window")
+        state = doc.get("state")
         return cls(
             name=str(doc.get("name") or default_name),
             version=str(doc.get("version") or UNVERSIONED),
@@ -131,6 +142,8 @@ class Manifest:
             label_output=doc.get("label_output"),
             score_output=doc.get("score_output"),
             quantized_io=quantized_io,
+            window=WindowSpec.from_doc(window, where) if window is not None else None,
+            state=StateSpec.from_doc(state, where) if state is not None else None,
             extra={k: v for k, v in doc.items() if k not in known},
         )
 

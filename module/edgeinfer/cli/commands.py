@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 
 from edgeinfer.config import BrokerConfig
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from edgeinfer.tools.deploy import build_desired, publish_desired
+    from edgeinfer.tools.deploy import build_desired, follow_update, publish_desired
 
     doc = build_desired(
         args.model,
@@ -47,6 +48,7 @@ def deploy(args: argparse.Namespace) -> int:
         args.sequence,
         module_id=args.module_id,
     )
+    published = time.time()
     publish_desired(broker_settings(args), args.module_id, doc)
     model = doc["model"]
     what = (
@@ -59,21 +61,49 @@ def deploy(args: argparse.Namespace) -> int:
         f"desired state for {args.module_id}: {model['name']} {model['version']}{what}"
         f"{signed}, sequence {doc['sequence']}"
     )
-    return 0
+    if not args.wait:
+        return 0
+    final = follow_update(
+        broker_settings(args),
+        args.module_id,
+        model["name"],
+        model["version"],
+        published,
+        args.timeout,
+        lambda step: print(step, flush=True),
+    )
+    if final == "timeout":
+        print(f"edgeinfer: no final state within {args.timeout:g} s", file=sys.stderr)
+    return 0 if final == "active" else 1
 
 
 def status(args: argparse.Namespace) -> int:
     import orjson
 
     from edgeinfer.tools.deploy import read_reported
+    from edgeinfer.tools.status_view import render
 
     doc = read_reported(broker_settings(args), args.module_id)
-    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() if args.json else render(doc))
+    return 0
+
+
+def fleet(args: argparse.Namespace) -> int:
+    import orjson
+
+    from edgeinfer.tools import fleet as view
+
+    selector = view.parse_selector(args.selector)
+    modules = view.select(view.collect(broker_settings(args)), selector)
+    if args.json:
+        print(orjson.dumps(modules, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(view.table(modules))
     return 0
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from edgeinfer.tools.simulate import simulate
+    from edgeinfer.tools.simulate import simulate, simulate_samples
 
     if args.rate < 0 or args.count < 0 or args.devices < 1:
         raise ConfigError(
@@ -82,6 +112,12 @@ def simulate(args: argparse.Namespace) -> int:
             "rate >= 0, count >= 0, devices >= 1",
         )
     broker = broker_settings(args)
+    if args.per_sample:
+        sent = simulate_samples(
+            broker, args.rate, args.count, args.topic, args.devices, args.qos, args.protocol
+        )
+        print(f"sent {sent} samples to {broker.url}")
+        return 0
     sent = simulate(
         broker, args.rate, args.count, args.topic, args.devices, args.qos, protocol=args.protocol
     )
@@ -190,6 +226,6 @@ def quantize(args: argparse.Namespace) -> int:
 
 #: Every command, by the name it is typed as.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": run, "deploy": deploy, "status": status, "health": health,
+    "run": run, "deploy": deploy, "status": status, "fleet": fleet, "health": health,
     "simulate": simulate, "demo": demo, "inspect": inspect, "bench": bench, "quantize": quantize,
 }  # fmt: skip

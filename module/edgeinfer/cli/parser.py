@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run(sub)
     _deploy(sub)
     _status(sub)
+    _fleet(sub)
     _inspect(sub)
     _bench(sub)
     _quantize(sub)
@@ -59,15 +60,39 @@ def _deploy(sub: Subparsers) -> None:
     deploy.add_argument("--config", help="TOML config whose [broker] settings to use")
     deploy.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM)")
     deploy.add_argument("--sequence", type=int, help="default: milliseconds since the epoch")
+    deploy.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the reported state until the update is active (exit 0), or failed or "
+        "rolled back (exit 1), showing each step",
+    )
+    deploy.add_argument(
+        "--timeout", type=float, default=300.0, help="with --wait: give up after this (exit 1)"
+    )
 
 
 def _status(sub: Subparsers) -> None:
-    status = sub.add_parser("status", help="print a module's reported state")
+    status = sub.add_parser(
+        "status", help="a module's reported state as tables (model, update, rollout)"
+    )
     status.add_argument("--module-id", required=True)
+    status.add_argument("--json", action="store_true", help="print the reported document as is")
     status.add_argument(
         "--broker",
         help=BROKER_HELP,
     )
+    status.add_argument("--config", help="TOML config whose [broker] settings to use")
+
+
+def _fleet(sub: Subparsers) -> None:
+    fleet = sub.add_parser("fleet", help="every module the broker knows")
+    what = fleet.add_subparsers(dest="fleet_command", required=True)
+    status = what.add_parser(
+        "status", help="one table of every module: online, model, update, rollout, health"
+    )
+    status.add_argument("--selector", help="only modules with these labels: site=a,line=3")
+    status.add_argument("--json", action="store_true", help="a JSON list of objects")
+    status.add_argument("--broker", help=BROKER_HELP)
     status.add_argument("--config", help="TOML config whose [broker] settings to use")
 
 
@@ -157,8 +182,25 @@ def _simulate(sub: Subparsers) -> None:
         help=BROKER_HELP,
     )
     sim.add_argument("--config", help="TOML config whose [broker] settings to use")
-    sim.add_argument("--rate", type=float, default=10.0, help="readings per second (0: unpaced)")
-    sim.add_argument("--count", type=int, default=100, help="readings to send (0: forever)")
+    sim.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        help="readings per second (0: unpaced); with --per-sample, samples per second per "
+        "device (10: the recordings' own rate)",
+    )
+    sim.add_argument(
+        "--count",
+        type=int,
+        default=100,
+        help="readings to send (0: forever); with --per-sample, samples per device",
+    )
+    sim.add_argument(
+        "--per-sample",
+        action="store_true",
+        help="one 6-axis sample per message, recordings back to back, devices interleaved "
+        "(for a model whose manifest declares a window)",
+    )
     sim.add_argument("--topic", default="sensors/{device}/imu")
     sim.add_argument("--devices", type=int, default=1, help="simulated devices (sim1..simN)")
     sim.add_argument("--qos", type=int, choices=(0, 1), default=1)

@@ -17,6 +17,7 @@ from edgeinfer.config.sections import (
     TopicsConfig,
     UpdatesConfig,
 )
+from edgeinfer.config.streams import StreamsConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -29,6 +30,7 @@ __all__ = [
     "ModelConfig",
     "ModuleConfig",
     "PipelineConfig",
+    "StreamsConfig",
     "TopicsConfig",
     "UpdatesConfig",
     "load_config",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from edgeinfer.config.streams import StreamsConfig
 from edgeinfer.errors import ConfigError
 from edgeinfer.topics import TemplatePlaceholderError, TopicTemplate, valid_filter
 
@@ -36,6 +37,7 @@ class ModuleConfig:
     state_dir: str = "./state"
     shutdown_timeout_s: float = 5.0
     labels: dict[str, str] = field(default_factory=dict)
+    health_interval_s: float = 5.0  # the retained health summary; 0: not published
 
     def __post_init__(self) -> None:
         for key, value in self.labels.items():
@@ -53,6 +55,8 @@ class ModuleConfig:
             "1-64 characters of letters, digits, '_', '-', '.', starting with a letter or digit",
         )
         _require(bool(self.state_dir), "module.state_dir", self.state_dir, "a directory path")
+        _require(self.health_interval_s >= 0, "module.health_interval_s",
+                 self.health_interval_s, "a number of seconds >= 0 (0: off)")  # fmt: skip
         _require(
             self.shutdown_timeout_s > 0,
             "module.shutdown_timeout_s",
@@ -410,6 +414,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -74,7 +74,9 @@ class Outbox:
         self, client: paho.Client, own_window: int, stale: Callable[[object], bool]
     ) -> None:
         self._client = client
-        self._lock = threading.Lock()
+        # Re-entrant: paho's publish() writes at once on the serving thread, and on a broken
+        # socket calls on_disconnect from inside it, while pump() holds the lock.
+        self._lock = threading.RLock()
         self._own_window = own_window
         self._window = own_window
         self._stale = stale
@@ -83,6 +85,7 @@ class Outbox:
         self._open = False
         self._seq = 0
         self._qos0_queued = 0
+        self._pumping = False  # inside paho's publish, called from pump()
         # Without a serving loop (unit tests), every caller counts as its thread.
         self._on_serving_thread: Callable[[], bool] = lambda: True
         self._wake: Callable[[], None] = lambda: None
@@ -149,6 +152,10 @@ class Outbox:
 
     def on_publish(self, mid: int, refused: str | None) -> None:
         """A PUBACK (or a QoS 0 message written): report it, send what fits now."""
+        if self._pumping:
+            # paho writes a QoS 0 message inside publish() and says so at once: pump()
+            # reports those itself (and holds the lock). No PUBACK is read meanwhile.
+            return
         with self._lock:
             item = self._inflight.pop(mid, None)
         if item is not None:
@@ -159,33 +166,39 @@ class Outbox:
         """Hand queued messages to paho while open and within the window (serving thread)."""
         finished: list[Outgoing] = []
         with self._lock:
-            if not self._open and self._qos0_queued:
-                # QoS 0 is not kept while disconnected: it counts as sent.
-                finished = [item for item in self._queue if item.qos == 0]
-                self._queue = deque(item for item in self._queue if item.qos > 0)
-                self._qos0_queued = 0
-            while self._open and self._queue:
-                item = self._queue[0]
-                if item.qos > 0 and len(self._inflight) >= self._window:
-                    break
-                self._queue.popleft()
-                if item.qos == 0:
-                    self._qos0_queued -= 1
-                if self._dropped(item):
-                    continue
-                info = self._client.publish(
-                    item.topic, item.payload, qos=item.qos, retain=item.retain
-                )
-                if item.qos == 0:
-                    finished.append(item)
-                elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                    # The socket closed under us; reclaim() takes it back from paho.
-                    self._inflight[info.mid] = item
-                    break
-                else:
-                    self._inflight[info.mid] = item
+            self._pumping = True
+            try:
+                self._pump(finished)
+            finally:
+                self._pumping = False
         for item in finished:
             _report(item, None)
+
+    def _pump(self, finished: list[Outgoing]) -> None:
+        """Under the lock, on the serving thread: QoS 0 messages sent go into ``finished``."""
+        if not self._open and self._qos0_queued:
+            # QoS 0 is not kept while disconnected: it counts as sent.
+            finished.extend(item for item in self._queue if item.qos == 0)
+            self._queue = deque(item for item in self._queue if item.qos > 0)
+            self._qos0_queued = 0
+        while self._open and self._queue:
+            item = self._queue[0]
+            if item.qos > 0 and len(self._inflight) >= self._window:
+                break
+            self._queue.popleft()
+            if item.qos == 0:
+                self._qos0_queued -= 1
+            if self._dropped(item):
+                continue
+            info = self._client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+            if item.qos == 0:
+                finished.append(item)
+            elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                # The socket closed under us; reclaim() takes it back from paho.
+                self._inflight[info.mid] = item
+                break
+            else:
+                self._inflight[info.mid] = item
 
     def _dropped(self, item: Outgoing) -> bool:
         if item.token is not None and self._stale(item.token):

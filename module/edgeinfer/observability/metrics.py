@@ -63,12 +63,62 @@ class Metrics:
         self.unacked_readings = Gauge(
             "edgeinfer_unacked_readings", "Readings received and not yet acknowledged", registry=r
         )
+        self._stream_metrics(r)
+        self._rollout_metrics(r)
         self.model_info = Info("edgeinfer_model", "The active model", registry=r)
         self.broker_connected = Gauge(
             "edgeinfer_broker_connected", "1 while connected to the broker", registry=r
         )
         self.broker_connects = Counter(
             "edgeinfer_broker_connects", "Successful connections to the broker", registry=r
+        )
+
+    def _stream_metrics(self, r: CollectorRegistry) -> None:
+        self.streams = Gauge(
+            "edgeinfer_streams", "Streams with samples or state kept (windowed models)", registry=r
+        )
+        self.stream_bytes = Gauge(
+            "edgeinfer_stream_bytes", "Memory the streams' windows and states hold", registry=r
+        )
+        self.stream_evictions = Counter(
+            "edgeinfer_stream_evictions",
+            "Streams evicted (least recently heard, silent past window.timeout_s) for a new one",
+            registry=r,
+        )
+        self.windows = Counter(
+            "edgeinfer_windows", "Windows answered, by how they ended", ["kind"], registry=r
+        )
+        self.duplicate_samples = Counter(
+            "edgeinfer_duplicate_samples",
+            "Samples received again (same id and ts as their stream's last): not added twice",
+            registry=r,
+        )
+        self.journal_commits = Counter(
+            "edgeinfer_journal_commits", "Group commits of the stream journal", registry=r
+        )
+
+    def _rollout_metrics(self, r: CollectorRegistry) -> None:
+        self.rollout_percent = Gauge(
+            "edgeinfer_rollout_percent",
+            "A rollout's share: readings mirrored (shadow) or streams answered (canary, ab)",
+            registry=r,
+        )
+        self.rollout_compared = Gauge(
+            "edgeinfer_rollout_compared", "Readings both versions answered, compared", registry=r
+        )
+        self.rollout_answered = Gauge(
+            "edgeinfer_rollout_answered",
+            "Readings each version ran on during the rollout",
+            ["version"],
+            registry=r,
+        )
+        self.rollout_gate = Gauge(
+            "edgeinfer_rollout_gate", "The rollout's gate values", ["gate"], registry=r
+        )
+        self.rollout_mirror_skipped = Gauge(
+            "edgeinfer_rollout_mirror_skipped",
+            "Mirrored runs skipped (over the CPU budget, or readings queued)",
+            registry=r,
         )
 
     def watch(self, queue_depth: Callable[[], float], unacked: Callable[[], float]) -> None:

@@ -16,6 +16,7 @@ values for the inputs that have no batch axis.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ class Reading:
     id: Any = None
     ts: Any = None
     bucket: Bucket = ()
+    key: Any = None  # the value of the decoder's key field (streams keyed by a payload field)
 
 
 class Decoder:
@@ -53,15 +55,17 @@ class Decoder:
         max_bytes: int,
         allow_non_finite: bool = False,
         axes: BatchAxes | None = None,
+        key_field: str | None = None,
     ) -> None:
         self._inputs = inputs
+        self._key_field = key_field
         self._by_name = {spec.name: spec for spec in inputs}
         self._max_bytes = max_bytes
         self._allow_non_finite = allow_non_finite
         axes = axes or infer_batch_axes(inputs, ())
         self._axes = axes.inputs
         single_float = len(inputs) == 1 and inputs[0].dtype.kind == "f"
-        self._fast = FastReadings() if single_float else None
+        self._fast = FastReadings() if single_float and key_field is None else None
         # A model run one reading at a time takes each reading whole: its inputs'
         # "rows" need not agree (a sequence beside a fixed state, say).
         self._batchable = axes.batchable
@@ -78,6 +82,12 @@ class Decoder:
                 f"payload is {len(payload)} bytes, expected at most "
                 f"{self._max_bytes} (pipeline.max_payload_bytes)",
                 _peek_id(payload),
+            )
+        if self._key_field is not None and payload[:1] not in (b"{", b" ", b"\n", b"\t", b"\r"):
+            raise ReadingError(
+                "bad_payload",
+                f"streams are keyed by the field {self._key_field!r}: expected a JSON object "
+                "that has it",
             )
         if payload.startswith(NPY_MAGIC):
             return self._from_arrays({self._single_input().name: load_npy(payload)})
@@ -111,7 +121,10 @@ class Decoder:
                 'an object with "features" or "inputs", or an array',
             )
         try:
-            return self._from_arrays(self._arrays_of(doc), doc.get("id"), doc.get("ts"))
+            reading = self._from_arrays(self._arrays_of(doc), doc.get("id"), doc.get("ts"))
+            if self._key_field is not None:
+                return dataclasses.replace(reading, key=self._key_of(doc))
+            return reading
         except ReadingError as exc:
             exc.rid = doc.get("id")
             raise
@@ -137,6 +150,23 @@ class Decoder:
                 f"names to arrays, expected keys {self._names()}",
             )
         return arrays
+
+    def _key_of(self, doc: dict[str, Any]) -> str:
+        field = self._key_field or ""
+        if field not in doc:
+            raise ReadingError(
+                "bad_payload",
+                f"the reading has no field {field!r}: expected it to name the stream "
+                "(window.key), a string or an integer",
+            )
+        key = doc[field]
+        if not isinstance(key, str | int) or isinstance(key, bool) or key == "":
+            raise ReadingError(
+                "bad_payload",
+                f"{field} = {orjson.dumps(key).decode()[:100]}: expected a string or "
+                "integer naming the stream (window.key)",
+            )
+        return str(key)
 
     def _names(self) -> list[str]:
         return [spec.name for spec in self._inputs]

@@ -24,12 +24,14 @@ def encode_result(
     ts: Any,
     latency_ms: float,
     rule: LabelRule | None = None,
+    window: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Return the JSON result for one reading (docs/reference.md, "Results").
 
     ``label`` and ``score`` come from ``rule`` (see :class:`LabelRule`); without
     one, from the argmax of the first output when the model has labels: a
-    single value for a one-row reading, lists otherwise.
+    single value for a one-row reading, lists otherwise. ``window`` names the
+    samples a windowed model's result answers.
     """
     doc: dict[str, Any] = {
         "id": rid,
@@ -45,6 +47,8 @@ def encode_result(
     found = rule.apply(outputs, identity.labels) if rule is not None else None
     if found is not None:
         doc["label"], doc["score"] = found
+    if window is not None:
+        doc["window"] = window
     return _compact(orjson.dumps(doc, option=_DUMP_OPTIONS))
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeinfer.errors import ReadingError
 from edgeinfer.loaded import LoadedModel
@@ -30,12 +31,16 @@ from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.batching import ReadingQueue
 from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
+from edgeinfer.pipeline.journal import Journal
 from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
-from edgeinfer.pipeline.runner import Runner
+from edgeinfer.pipeline.routed import RoutedAnswers
+from edgeinfer.pipeline.routing import Route
+from edgeinfer.pipeline.runner import Runner, RunStats
+from edgeinfer.pipeline.windowed import WindowedAnswers
 from edgeinfer.runtimes.base import Value
-from edgeinfer.topics import TopicTemplate, TopicTooLongError
+from edgeinfer.topics import TopicTemplate, TopicTooLongError, module_topic
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ class EngineSettings:
     allow_non_finite: bool
     output: TopicTemplate
     module_id: str
+    journal: Path | None = None  # the stream journal (windowed models); None: off
+    journal_sync: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -91,20 +98,49 @@ class Engine:
         self._idle.set()
         self._full_since: float | None = None
         self._row_seconds = 0.0  # a run's time per row, smoothed
+        self._journal: Journal | None = None
+        self._windowed: WindowedAnswers | None = None
+        self._routed: RoutedAnswers | None = None  # a rollout's candidate, while one runs
+        self._pending_route: tuple[Route | None, threading.Event] | None = None
         self._use(active)
         metrics.queue_capacity.set(settings.queue_size)
 
     def _use(self, active: LoadedModel) -> None:
         self._active = active
-        self._decoder = Decoder(
+        self._decoder = self._decoder_for(active)
+        self._max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
+        self._runner = Runner(self._max_batch, self._observe_run)
+        self._row_seconds = active.row_seconds
+        self._use_streams(active)
+
+    def _decoder_for(self, active: LoadedModel) -> Decoder:
+        return Decoder(
             active.model.inputs,
             self._settings.max_payload_bytes,
             self._settings.allow_non_finite,
             active.batch_axes,
         )
-        self._max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
-        self._runner = Runner(self._max_batch, self._observe_run)
-        self._row_seconds = active.row_seconds
+
+    def _use_streams(self, active: LoadedModel) -> None:
+        old, self._windowed = self._windowed, None
+        plan = active.streams
+        if plan is None:
+            if old is not None:
+                old.retire()
+            return
+        settings = self._settings
+        if self._journal is None and settings.journal is not None:
+            self._journal = Journal(settings.journal, settings.journal_sync)
+        self._windowed = WindowedAnswers(
+            plan,
+            (settings.max_payload_bytes, settings.allow_non_finite),
+            WindowedAnswers.template_output(settings.output, settings.module_id),
+            self._responder,
+            self._metrics,
+            self._journal,
+        )
+        self._windowed.take_over(old)
+        log.info("%s takes streams: %s", active.describe(), plan.describe())
 
     @property
     def active(self) -> LoadedModel:
@@ -139,6 +175,29 @@ class Engine:
             self._take_pending()  # nothing is serving: no batch can be running
         return applied
 
+    def set_route(self, route: Route | None) -> threading.Event:
+        """Load a rollout's candidate beside the active model (None: take it out).
+
+        Taken between two batches; the event is set once it is in (or out of)
+        use, so the caller may close a candidate it took out.
+        """
+        applied = threading.Event()
+        with self._swap_lock:
+            if self._pending_route is not None:
+                self._pending_route[1].set()  # superseded before it was used
+            self._pending_route = (route, applied)
+            loop = self._loop
+        if loop is not None:
+            loop.wake()
+        else:
+            self._take_pending()
+        return applied
+
+    @property
+    def route(self) -> Route | None:
+        """The rollout's route in use, if any."""
+        return self._routed.route if self._routed is not None else None
+
     def submit(self, message: Message) -> None:
         """Queue one reading (the transport, on the serving thread; or any thread)."""
         self._metrics.messages_received.inc()
@@ -167,6 +226,14 @@ class Engine:
         loop.wake()
         return self._idle.wait(timeout)
 
+    def close(self) -> None:
+        """Write what the stream journal still holds (answered windows) and close it; after
+        the loop and the transport have stopped."""
+        if self._journal is not None:
+            self._journal.commit()
+            self._journal.close()
+            self._journal = None
+
     # -- the serving loop (Worker) ---------------------------------------------
 
     def attach(self, loop: ServingLoop) -> None:
@@ -184,10 +251,15 @@ class Engine:
 
     def due(self) -> float | None:
         """Seconds until a batch is due (0: now); None when nothing is queued."""
-        if self._pending is not None:
+        if self._pending is not None or self._pending_route is not None:
             return 0.0
         delay = 0.0 if self._closed else self._settings.max_delay_ms / 1000
-        return self._queue.due(self._batch_limit(), delay)
+        due = self._queue.due(self._batch_limit(), delay)
+        if self._windowed is not None:
+            other = self._windowed.due()
+            if other is not None:
+                due = other if due is None else min(due, other)
+        return due
 
     def work(self) -> None:
         """Take a waiting model, then answer one batch."""
@@ -195,6 +267,8 @@ class Engine:
         batch = self._queue.take(self._batch_limit())
         if batch:
             self._answer_safely(batch)
+        elif self._windowed is not None:
+            self._work_windows(self._windowed)
         if self._full_since is not None and not self._queue.full:
             self._metrics.backpressure_seconds.inc(time.perf_counter() - self._full_since)
             self._full_since = None
@@ -209,9 +283,31 @@ class Engine:
     def _take_pending(self) -> None:
         with self._swap_lock:
             pending, self._pending = self._pending, None
+            route, self._pending_route = self._pending_route, None
+        if route is not None:
+            self._routed = self._routing(route[0])
         if pending is not None:
             self._use(pending[0])
-            pending[1].set()
+        for done in (pending, route):
+            if done is not None:
+                done[1].set()
+
+    def _routing(self, route: Route | None) -> RoutedAnswers | None:
+        if route is None:
+            return None
+        batchable = route.candidate.batch_axes.batchable
+        settings = self._settings
+        return RoutedAnswers(
+            route,
+            # The candidate's runs are not the active model's: they do not size its batches.
+            Runner(settings.max_batch if batchable else 1, self._observe_candidate_run),
+            self._publish_result,
+            self._responder.error,
+            lambda topic, payload: self._responder.shadow(
+                module_topic(settings.module_id, f"shadow/{topic}"), payload
+            ),
+            self._observe_outcome,
+        )
 
     def _answer_safely(self, batch: list[Message]) -> None:
         answered: set[int] = set()
@@ -221,16 +317,30 @@ class Engine:
             log.exception("unexpected failure answering %d readings", len(batch))
             for message in batch:
                 if id(message) not in answered:
-                    self._responder.error(
-                        message,
-                        ReadingError(
-                            "internal_error",
-                            "the module failed to answer this reading; see its log",
-                        ),
-                    )
+                    self._responder.error(message, ReadingError.internal())
+
+    def _work_windows(self, windowed: WindowedAnswers) -> None:
+        active = self._active
+        try:
+            count, stats = windowed.work(active, self._runner)
+        except Exception:  # a bug here must not stop the serving loop
+            log.exception("unexpected failure answering windows")
+            return
+        self._observe_outcome(active, count, stats)
+
+    def _observe_outcome(self, active: LoadedModel, count: int, stats: RunStats) -> None:
+        if not count:
+            return
+        outcome = BatchOutcome(active, count, stats.failed, stats.non_finite, stats.seconds)
+        for observer in self._observers:
+            observer(outcome)
 
     def _answer(self, batch: list[Message], answered: set[int]) -> None:
         active = self._active
+        if self._windowed is not None:
+            count, stats = self._windowed.answer(active, self._runner, batch, answered)
+            self._observe_outcome(active, count, stats)
+            return
         decoded: list[tuple[Message, Reading]] = []
         for message in batch:
             try:
@@ -241,8 +351,13 @@ class Engine:
             except Exception:  # a decoder bug: this reading's error, not its batch's
                 log.exception("unexpected failure decoding a reading on %s", message.topic)
                 answered.add(id(message))
-                self._responder.error(message, _internal())
+                self._responder.error(message, ReadingError.internal())
         if not decoded:
+            return
+        if self._routed is not None:
+            # Mirrored runs stop before the queue fills: they must never cost back-pressure.
+            backlog = self._queue.depth * 2 >= self._queue.capacity
+            self._routed.answer(active, self._runner, decoded, backlog, answered)
             return
         answers, stats = self._runner.answer(active, [r for _, r in decoded])
         now = time.perf_counter()
@@ -252,13 +367,15 @@ class Engine:
                 self._responder.error(message, answer)
             else:
                 self._publish_result(active, message, reading, answer, now)
-        outcome = BatchOutcome(active, len(decoded), stats.failed, stats.non_finite, stats.seconds)
-        for observer in self._observers:
-            observer(outcome)
+        self._observe_outcome(active, len(decoded), stats)
 
-    def _observe_run(self, seconds: float, readings: int) -> None:
+    def _observe_candidate_run(self, seconds: float, readings: int) -> None:
+        """A model run in the metrics (a candidate's runs do not size the active's batches)."""
         self._metrics.inference_seconds.observe(seconds)
         self._metrics.batch_size.observe(readings)
+
+    def _observe_run(self, seconds: float, readings: int) -> None:
+        self._observe_candidate_run(seconds, readings)
         per_row = seconds / max(1, readings)
         self._row_seconds = (
             per_row if not self._row_seconds else (0.8 * self._row_seconds + 0.2 * per_row)
@@ -289,12 +406,6 @@ class Engine:
             )
         except Exception:  # an encoder bug: this reading's error, not its batch's
             log.exception("unexpected failure encoding a result for %s", message.topic)
-            self._responder.error(message, _internal(reading.id))
+            self._responder.error(message, ReadingError.internal(reading.id))
             return
         self._responder.result(message, topic, payload, reading.id)
-
-
-def _internal(rid: object = None) -> ReadingError:
-    return ReadingError(
-        "internal_error", "the module failed to answer this reading; see its log", rid
-    )

@@ -94,6 +94,13 @@ class Responder:
             reason = f"cannot publish to {topic[:200]!r}: {exc}"
             self.error(message, ReadingError("publish_failed", reason, rid))
 
+    def shadow(self, topic: str, payload: bytes) -> None:
+        """Publish a shadow result (QoS 0): no reading waits for it, none is acknowledged by it."""
+        try:
+            self._publisher.publish(topic, payload, qos=0)
+        except ValueError as exc:  # a topic MQTT cannot carry: the shadow copy is skipped
+            log.debug("shadow result not published on %r: %s", topic[:200], exc)
+
     def error(self, message: Message, error: ReadingError) -> None:
         """Report ``message`` on the errors topic as refused for ``error``."""
         self._metrics.reading_errors.labels(error.code).inc()

@@ -56,7 +56,7 @@ class Runner:
             for i, answer in zip(group, self._run_group(loaded, batch, stats), strict=True):
                 answers[i] = answer
         stats.seconds = time.perf_counter() - started
-        return [a if a is not None else _internal() for a in answers], stats
+        return [a if a is not None else ReadingError.internal() for a in answers], stats
 
     def _groups(self, loaded: LoadedModel, readings: list[Reading]) -> list[list[int]]:
         """Indices of readings that may share a run, each group in arrival order."""
@@ -124,9 +124,3 @@ def _stack(arrays: list[Array], axis: int | None) -> Array:
     if axis is None:
         return arrays[0]  # equal in every reading of a bucket
     return np.concatenate(arrays, axis=axis)
-
-
-def _internal(rid: object = None) -> ReadingError:
-    return ReadingError(
-        "internal_error", "the module failed to answer this reading; see its log", rid
-    )

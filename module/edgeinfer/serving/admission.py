@@ -20,13 +20,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel, load
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest import Manifest, load_manifest
+from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import Array, Model
 from edgeinfer.serving.probe import feed_rows, verify_axes
 from edgeinfer.serving.selftest import run_self_test, test_feeds
+from edgeinfer.streamplan import StreamPlan, plan_streams
+from edgeinfer.streamspec import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,8 @@ class RuntimeOptions:
     threads: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     self_test_runs: int = 20
+    #: ``[streams]`` keys that override the manifest's window (``StreamsConfig.window_overrides``).
+    window_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> LoadedModel:
@@ -50,6 +56,9 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         UpdateError: the model will not load, or fails its self-test; nothing
             stays loaded.
     """
+    manifest = _with_window_overrides(
+        manifest if manifest is not None else _manifest_of(path), dict(options.window_overrides)
+    )
     loaded = _load(path, manifest, options.threads or 1, options.providers)
     if options.threads == 0:
         loaded = _every_core_if_slow(loaded, options.providers)
@@ -58,13 +67,51 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         feeds = test_feeds(loaded.model, spec.get("inputs"), loaded.batch_axes)
         report = run_self_test(loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds)
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
+        plan = _plan(loaded, axes, path)
         # The test runs must not leak into live answers (a streaming model's state).
         loaded.model.reset()
     except BaseException:
         loaded.model.close()
         raise
     rows = max(1, feed_rows(feeds, axes))
-    return dataclasses.replace(loaded, axes=axes, row_seconds=report.median_ms / 1000 / rows)
+    return dataclasses.replace(
+        loaded, axes=axes, row_seconds=report.median_ms / 1000 / rows, streams=plan
+    )
+
+
+def _plan(loaded: LoadedModel, axes: BatchAxes, path: Path) -> StreamPlan | None:
+    manifest = loaded.manifest
+    try:
+        return plan_streams(loaded.model, axes, manifest.window, manifest.state, path.parent)
+    except ModelError as exc:
+        raise UpdateError(f"the model cannot serve streams: {exc}") from exc
+
+
+def _manifest_of(path: Path) -> Manifest:
+    try:
+        return load_manifest(path)
+    except ModelError as exc:
+        raise UpdateError(f"the model will not load: {exc}") from exc
+
+
+def _with_window_overrides(manifest: Manifest, overrides: dict[str, Any]) -> Manifest:
+    """``manifest`` with ``[streams]``' window keys applied (a size alone declares a window)."""
+    if not any(overrides.values()):
+        return manifest
+    try:
+        if manifest.window is None:
+            if not overrides.get("size"):
+                return manifest  # nothing to override
+            window = WindowSpec(
+                size=overrides["size"], hop=overrides.get("hop") or overrides["size"]
+            )
+            window = window.with_overrides(**overrides)
+        else:
+            window = manifest.window.with_overrides(**overrides)
+    except ModelError as exc:
+        where = "the manifest's window with [streams] overrides" if manifest.window else "[streams]"
+        raise UpdateError(f"the model cannot serve streams ({where}): {exc}") from exc
+    return dataclasses.replace(manifest, window=window)
 
 
 def _every_core_if_slow(loaded: LoadedModel, providers: tuple[str, ...]) -> LoadedModel:

@@ -1,4 +1,10 @@
-"""``edgeinfer demo``: broker, module, simulator and live results in one command."""
+"""``edgeinfer demo``: broker, module, simulator and live results in one command.
+
+The sample model's streaming variant (``models/har/stream``) declares a window
+in its manifest, so the simulated sensors publish one 6-axis sample per message
+and every result answers a window of 100 samples (a new one every 50). A model
+without a window is fed whole recordings instead.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +22,16 @@ import numpy as np
 import orjson
 import paho.mqtt.client as paho
 
+from edgeinfer.manifest import load_manifest
+from edgeinfer.streamspec import WindowSpec
 from edgeinfer.tools.broker import LocalBroker, port_open
 from edgeinfer.tools.deploy import build_desired, publish_desired
 from edgeinfer.tools.launch import ModuleLauncher
 from edgeinfer.tools.recordings import load_recordings
-from edgeinfer.tools.simulate import connect_client, recording_index, simulate
+from edgeinfer.tools.simulate import connect_client, recording_index, simulate, simulate_samples
 
 REPO_MODELS = Path(__file__).resolve().parents[3] / "models"
-DEFAULT_MODEL = REPO_MODELS / "har" / "onnx" / "model.onnx"
+DEFAULT_MODEL = REPO_MODELS / "har" / "stream" / "model.onnx"
 # What the demo pushes over the air: the sample model quantized to INT8 (static,
 # calibrated on the training recordings) by `edgeinfer quantize`.
 UPDATE_MODEL = REPO_MODELS / "har" / "int8-static" / "model.onnx"
@@ -32,11 +41,12 @@ UPDATE_VERSION = "1.1.0"
 class ResultWatcher:
     """Collects results and prints each one as it arrives."""
 
-    def __init__(self, truth: list[str], quiet_after: int) -> None:
-        self.truth = truth
+    def __init__(self, truth: Callable[[dict[str, Any]], str | None], quiet_after: int) -> None:
+        self.truth = truth  # the true activity of a result, None when it spans two
         self.latencies_ms: list[float] = []
         self.correct = 0
-        self.ids: set[int] = set()
+        self.scored = 0
+        self.ids: set[object] = set()  # reading ids, or (topic, first sample) of windows
         self.errors = 0
         self.quiet_after = quiet_after
         self.lock = threading.Lock()
@@ -54,21 +64,27 @@ class ResultWatcher:
             self.errors += 1
             print(f"  error on {doc['topic']}: {doc['error']}: {doc['reason']}", flush=True)
             return
-        rid = int(doc["id"])
-        truth = self.truth[recording_index(rid, len(self.truth))]
+        window = doc.get("window")
+        key = (doc["topic"], window["first_id"]) if window else int(doc["id"])
+        truth = self.truth(doc)
         with self.lock:
-            self.ids.add(rid)
+            self.ids.add(key)
             e2e = (now - float(doc["ts"])) * 1000
             self.latencies_ms.append(e2e)
-            self.correct += doc["label"] == truth
+            if truth is not None:
+                self.scored += 1
+                self.correct += doc["label"] == truth
             count = len(self.ids)
-        if count <= self.quiet_after and rid < self.quiet_after:
-            mark = "ok " if doc["label"] == truth else "MISS"
+        if count <= self.quiet_after:
+            mark = "    " if truth is None else "ok  " if doc["label"] == truth else "MISS"
+            what = (
+                f"samples {window['first_id']}-{window['last_id']}" if window else f"id={doc['id']}"
+            )
             print(
-                f"  {doc['topic']:<18} id={rid:<5} {mark} label={doc['label']:<9} "
-                f"score={doc['score']:.3f} (truth {truth:<9}) model={doc['model']} "
-                f"{doc['version']}  inference+queue {doc['latency_ms']:.2f} ms  "
-                f"end-to-end {e2e:.2f} ms",
+                f"  {doc['topic']:<18} {what:<15} {mark} label={doc['label']:<9} "
+                f"score={doc['score']:.3f} (truth {truth or 'two recordings':<9}) "
+                f"model={doc['model']} {doc['version']}  inference+queue "
+                f"{doc['latency_ms']:.2f} ms  end-to-end {e2e:.2f} ms",
                 flush=True,
             )
 
@@ -138,9 +154,8 @@ def run_demo(duration: float, model: Path | None = None) -> int:
             f"[demo] module ready in {module.ready_s:.2f} s; metrics on "
             f"http://127.0.0.1:{module.http_port}/metrics"
         )
-        rec = load_recordings()
-        live_count = max(1, int(duration * 5))
-        watcher = ResultWatcher([rec.label_names[i] for i in rec.labels], quiet_after=live_count)
+        replay = Replay(broker, load_manifest(model).window)
+        watcher = ResultWatcher(replay.truth(), quiet_after=replay.quiet_after(duration))
         watcher_client = connect_client(
             broker.url,
             on_message=watcher.on_message,
@@ -151,9 +166,9 @@ def run_demo(duration: float, model: Path | None = None) -> int:
             ],
             protocol=broker.protocol,
         )
-        _live_replay_with_update(broker, module.module_id, watcher, live_count)
-        burst, took = _burst(broker, watcher, live_count)
-        return _summary(watcher, live_count, burst, took)
+        _live_replay_with_update(replay, module.module_id, watcher, duration)
+        took = _burst(replay, watcher)
+        return _summary(replay, watcher, took)
     finally:
         if watcher_client is not None:
             watcher_client.disconnect()
@@ -163,63 +178,132 @@ def run_demo(duration: float, model: Path | None = None) -> int:
             broker.started.cleanup()
 
 
+@dataclass
+class Replay:
+    """How the demo feeds the module: one sample a message when the model declares a window
+    (devices interleaved, 10x the recordings' real rate), else whole recordings."""
+
+    broker: DemoBroker
+    window: WindowSpec | None
+    devices: int = 4
+    sent: int = 0  # samples per device (windowed), or readings
+
+    def quiet_after(self, duration: float) -> int:
+        return self.live_count(duration) if self.window is None else 4 * self.devices
+
+    def live_count(self, duration: float) -> int:
+        return max(1, int(duration * 5)) if self.window is None else max(200, int(duration * 100))
+
+    def send(self, count: int, rate: float) -> None:
+        url, protocol = self.broker.url, self.broker.protocol
+        if self.window is None:
+            simulate(url, rate, count, devices=self.devices, first_id=self.sent, protocol=protocol)
+        else:
+            simulate_samples(
+                url, rate, count, devices=self.devices, protocol=protocol, first=self.sent
+            )
+        self.sent += count
+
+    @property
+    def expected(self) -> int:
+        """Results the module owes for what was sent."""
+        w = self.window
+        if w is None:
+            return self.sent
+        return self.devices * (0 if self.sent < w.size else (self.sent - w.size) // w.hop + 1)
+
+    @property
+    def unit(self) -> str:
+        return "readings" if self.window is None else "samples"
+
+    def truth(self) -> Callable[[dict[str, Any]], str | None]:
+        rec = load_recordings()
+        names: list[str] = [rec.label_names[i] for i in rec.labels]
+        per = rec.windows.shape[1]
+
+        def of(doc: dict[str, Any]) -> str | None:
+            window = doc.get("window")
+            if window is None:
+                return names[recording_index(int(doc["id"]), len(names))]
+            device = int(doc["topic"].split("/")[1].removeprefix("sim")) - 1
+            found = {
+                names[recording_index(device + k * self.devices, len(names))]
+                for k in (window["first_id"] // per, window["last_id"] // per)
+            }
+            return found.pop() if len(found) == 1 else None  # two activities in one window
+
+        return of
+
+
 def _live_replay_with_update(
-    broker: DemoBroker, module_id: str, watcher: ResultWatcher, live_count: int
+    replay: Replay, module_id: str, watcher: ResultWatcher, duration: float
 ) -> None:
-    print(
-        f"[demo] replaying {live_count} real BasicMotions recordings at 5/s (sensors/sim1..4/imu):"
-    )
-    half = live_count // 2
-    simulate(broker.url, rate=5, count=half, devices=4, protocol=broker.protocol)
-    _wait_for(lambda: len(watcher.ids) >= half, 5)
+    count = replay.live_count(duration)
+    if replay.window is None:
+        print(
+            f"[demo] replaying {count} real BasicMotions recordings at 5/s (sensors/sim1..4/imu):"
+        )
+        rate = 5.0
+    else:
+        w = replay.window
+        print(
+            f"[demo] streaming real BasicMotions recordings one 6-axis sample per message, "
+            f"{replay.devices} devices (sensors/sim1..4/imu) at 10x their real 10 Hz; the model "
+            f"answers every {w.hop} samples with a window of {w.size}:"
+        )
+        rate = 100.0
+    half = count // 2
+    replay.send(half, rate)
+    _wait_for(lambda: len(watcher.ids) >= replay.expected, 5)
     print(
         f"[demo] pushing an over-the-air update: edgeinfer deploy --module-id {module_id} "
         f"--model {UPDATE_MODEL.relative_to(REPO_MODELS.parent)} --version {UPDATE_VERSION}"
     )
     watcher.update_started = time.monotonic()
-    publish_desired(
-        broker.url, module_id, build_desired(UPDATE_MODEL, UPDATE_VERSION), broker.protocol
-    )
-    simulate(
-        broker.url, rate=5, count=live_count - half, devices=4, first_id=half,
-        protocol=broker.protocol,
-    )  # fmt: skip
-    _wait_for(lambda: len(watcher.ids) >= live_count, 5)
+    desired = build_desired(UPDATE_MODEL, UPDATE_VERSION)
+    if replay.window is not None:
+        desired["window"] = replay.window.to_doc()  # the update serves the same streams
+    publish_desired(replay.broker.url, module_id, desired, replay.broker.protocol)
+    replay.send(count - half, rate)
+    _wait_for(lambda: len(watcher.ids) >= replay.expected, 5)
     _wait_for(lambda: watcher.update_state in ("active", "failed", "rolled_back"), 10)
 
 
-def _burst(broker: DemoBroker, watcher: ResultWatcher, first_id: int) -> tuple[int, float]:
-    burst = 2000
-    print(f"[demo] now a burst: {burst} readings at 1000/s ...", flush=True)
+def _burst(replay: Replay, watcher: ResultWatcher) -> float:
+    count = 2000 if replay.window is None else 1000
+    total = count * (1 if replay.window is None else replay.devices)
+    rate = "1000 readings/s" if replay.window is None else f"{500 * replay.devices} samples/s"
+    print(f"[demo] now a burst: {total} {replay.unit} at {rate} ...", flush=True)
     started = time.monotonic()
-    simulate(
-        broker.url, rate=1000, count=burst, devices=4, first_id=first_id,
-        protocol=broker.protocol,
-    )  # fmt: skip
-    _wait_for(lambda: len(watcher.ids) >= first_id + burst, 15)
-    return burst, time.monotonic() - started
+    # Paced: a broker with mosquitto's default queue (1,000 messages a client) drops what a
+    # client has not taken yet, and an unpaced burst from a fast publisher outruns the module.
+    replay.send(count, 1000 if replay.window is None else 500)
+    _wait_for(lambda: len(watcher.ids) >= replay.expected, 15)
+    return time.monotonic() - started
 
 
-def _summary(watcher: ResultWatcher, live_count: int, burst: int, took: float) -> int:
-    total = live_count + burst
-    lat = np.asarray(watcher.latencies_ms[live_count:] or [float("nan")])
+def _summary(replay: Replay, watcher: ResultWatcher, took: float) -> int:
+    expected = replay.expected
+    burst = 2000 if replay.window is None else 1000 * replay.devices
+    sent = replay.sent * (1 if replay.window is None else replay.devices)
+    lat = np.asarray(watcher.latencies_ms[-200:] or [float("nan")])
     print("\n[demo] summary")
-    print(f"  readings sent      {total}")
+    print(f"  {replay.unit + ' sent':<18} {sent}")
     print(
-        f"  results received   {len(watcher.ids)}  (lost {total - len(watcher.ids)}, "
-        f"errors {watcher.errors})"
+        f"  results received   {len(watcher.ids)} of {expected}  (lost "
+        f"{expected - len(watcher.ids)}, errors {watcher.errors})"
     )
-    print(f"  accuracy vs truth  {watcher.correct / max(1, len(watcher.latencies_ms)):.1%}")
+    print(f"  accuracy vs truth  {watcher.correct / max(1, watcher.scored):.1%}")
     print(
         f"  update             har {UPDATE_VERSION} {watcher.update_state or 'no report'} "
         f"{watcher.update_took:.1f} s after the desired state (probation included)"
     )
-    print(f"  burst throughput   {burst / took:.0f} readings/s")
+    print(f"  burst throughput   {burst / took:.0f} {replay.unit}/s")
     print(
         f"  burst end-to-end   p50 {np.percentile(lat, 50):.2f} ms  "
         f"p95 {np.percentile(lat, 95):.2f} ms  p99 {np.percentile(lat, 99):.2f} ms"
     )
-    return 0 if len(watcher.ids) == total and watcher.update_state == "active" else 1
+    return 0 if len(watcher.ids) == expected and watcher.update_state == "active" else 1
 
 
 def _wait_for(predicate: Any, timeout: float) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from edgeinfer.errors import ConfigError, EdgeInferError, ModelError
 from edgeinfer.manifest import load_manifest
 from edgeinfer.runtimes import detect_format
 from edgeinfer.tools.simulate import connect_client
+from edgeinfer.updates.desired import MANIFEST_KEYS
 from edgeinfer.updates.signing import load_private_key, sign
 
 
@@ -65,6 +69,9 @@ def build_desired(
             doc["labels"] = list(manifest.labels)
         if manifest.self_test:
             doc["self_test"] = manifest.self_test
+        extensions = manifest.to_doc()
+        # How to serve it (batch axes, labels, window, state) travels with the update.
+        doc.update({key: extensions[key] for key in MANIFEST_KEYS if key in extensions})
     if module_id is not None:
         doc["target"] = {"module_id": module_id}
     # Milliseconds since the epoch: increases from one deploy to the next
@@ -119,3 +126,83 @@ def read_reported(
     if not isinstance(doc, dict):
         raise EdgeInferError(f"the reported state of {module_id!r} is not a JSON object")
     return doc
+
+
+#: The update states that end an update.
+SETTLED = ("active", "failed", "rolled_back")
+
+
+def follow_update(
+    broker: str | BrokerConfig,
+    module_id: str,
+    name: str,
+    version: str,
+    since: float,
+    timeout: float,
+    show: Callable[[str], None] = print,
+) -> str:
+    """Follow the reported state until the update to ``name version`` settles.
+
+    Only reports made after ``since`` (``time.time()`` when the desired state was
+    published) count: the retained one may be an older attempt's. Each new step is
+    shown; returns the final state, or ``"timeout"``.
+    """
+    states: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            doc = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        update = doc.get("update") if isinstance(doc, dict) else None
+        if isinstance(update, dict):
+            states.put(doc)
+
+    client = connect_client(
+        broker, on_message=on_message, subscribe=[f"edgeinfer/{module_id}/reported"]
+    )
+    deadline = time.monotonic() + timeout
+    last = ""
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                doc = states.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            update = doc["update"]
+            target = update.get("target") or {}
+            if (target.get("name"), target.get("version")) != (name, version):
+                continue
+            if _epoch(update.get("at")) < since - 1.0:
+                continue  # an earlier attempt's report
+            step = _step(update, doc.get("rollout"))
+            if step != last:
+                show(step)
+                last = step
+            if update["state"] in SETTLED:
+                return str(update["state"])
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return "timeout"
+
+
+def _step(update: dict[str, Any], rollout: dict[str, Any] | None) -> str:
+    text = f"  {update['state']}"
+    if update.get("progress") is not None and update["state"] == "downloading":
+        text += f" {update['progress']:.0%}"
+    if rollout and update["state"] == "probation":
+        text += f" (rollout {rollout.get('mode')} {rollout.get('percent', 0):g}%, "
+        text += f"{rollout.get('compared', 0)} compared, {rollout.get('verdict')})"
+    if update.get("error"):
+        text += f": {update['error']}"
+    return text
+
+
+def _epoch(at: object) -> float:
+    if not isinstance(at, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0

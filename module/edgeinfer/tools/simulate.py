@@ -1,4 +1,9 @@
-"""Replay the shipped sensor recordings as MQTT readings at a fixed rate."""
+"""Replay the shipped sensor recordings as MQTT readings at a fixed rate.
+
+Whole 10-second windows a reading (:func:`simulate`), or one sample a message
+at the recordings' own rate, interleaved across devices, as real sensors
+publish (:func:`simulate_samples`, ``edgeinfer simulate --per-sample``).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -106,29 +112,93 @@ def simulate(
     onwards) and ``ts`` (epoch seconds at publish time); ``recording_index(id)``
     names the recording, and so the true activity.
     """
-    rec = load_recordings()
-    payloads = [w.tolist() for w in rec.windows]
+    payloads = [w.tolist() for w in load_recordings().windows]
+
+    def readings(n: int) -> Iterator[tuple[str, bytes]]:
+        i = first_id + n
+        body = {"id": i, "ts": time.time(), "features": payloads[recording_index(i, len(payloads))]}
+        yield topic.format(device=f"sim{i % devices + 1}"), orjson.dumps(body)
+
+    ticks = itertools.count() if count == 0 else range(count)
+    return _paced(url, protocol, qos, rate, ticks, readings, flush_s=10)
+
+
+def device_samples(device: int, devices: int, count: int) -> np.ndarray:
+    """The first ``count`` samples device ``device`` (0-based) replays in per-sample mode.
+
+    Device ``d`` replays recordings ``recording_index(d)``, ``recording_index(d +
+    devices)``, ... back to back, so every recording is played and devices differ.
+    """
+    windows = load_recordings().windows
+    per = windows.shape[1]
+    needed = -(-count // per)
+    order = [recording_index(device + k * devices, len(windows)) for k in range(needed)]
+    return np.concatenate([windows[i] for i in order])[:count]
+
+
+def simulate_samples(
+    url: str | BrokerConfig,
+    rate: float,
+    count: int,
+    topic: str = "sensors/{device}/imu",
+    devices: int = 1,
+    qos: int = 1,
+    protocol: str = "5",
+    first: int = 0,
+) -> int:
+    """Replay the recordings one sample (6 values) per message, ``rate`` samples/s per device.
+
+    At each tick every device publishes its next sample, so the streams are
+    interleaved as real sensors' would be. Sample ``n`` of a device has ``id``
+    ``n`` and ``ts`` the publish time. ``count``: samples per device (0: forever,
+    cycling through the recordings); ``first``: the sample to start from (a replay
+    that goes on where another stopped). Returns how many messages were sent.
+    """
+    windows = load_recordings().windows
+    per = windows.shape[1]
+    topics = [topic.format(device=f"sim{d + 1}") for d in range(devices)]
+
+    def samples(n: int) -> Iterator[tuple[str, bytes]]:
+        k, i = divmod(n, per)
+        for d, name in enumerate(topics):  # the same recordings as device_samples(d)
+            row = windows[recording_index(d + k * devices, len(windows))][i]
+            yield name, orjson.dumps({"id": n, "ts": time.time(), "features": row.tolist()})
+
+    ticks = itertools.count(first) if count == 0 else range(first, first + count)
+    return _paced(url, protocol, qos, rate, ticks, samples, flush_s=30)
+
+
+def _paced(
+    url: str | BrokerConfig,
+    protocol: str,
+    qos: int,
+    rate: float,
+    ticks: Iterable[int],
+    messages: Callable[[int], Iterable[tuple[str, bytes]]],
+    flush_s: float,
+) -> int:
+    """Publish ``messages(n)`` for each tick ``n``, ``rate`` ticks a second (0: unpaced),
+    until the ticks end or Ctrl-C; then wait up to ``flush_s`` for the last QoS 1
+    message to be acknowledged. Returns how many messages were sent."""
     client = connect_client(url, client_id="", protocol=protocol)
     period = 1.0 / rate if rate > 0 else 0.0
     start = time.perf_counter()
     sent = 0
     last: paho.MQTTMessageInfo | None = None
     try:
-        for n in itertools.count() if count == 0 else range(count):
+        for tick, n in enumerate(ticks):
             if period:
-                delay = start + n * period - time.perf_counter()
+                delay = start + tick * period - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            i = first_id + n
-            idx = recording_index(i, len(payloads))
-            body = orjson.dumps({"id": i, "ts": time.time(), "features": payloads[idx]})
-            last = client.publish(topic.format(device=f"sim{i % devices + 1}"), body, qos=qos)
-            sent += 1
+            for name, body in messages(n):
+                last = client.publish(name, body, qos=qos)
+                sent += 1
     except KeyboardInterrupt:
         pass
     finally:
         if last is not None and qos > 0:
-            last.wait_for_publish(timeout=10)
+            last.wait_for_publish(timeout=flush_s)
         client.disconnect()
         client.loop_stop()
     return sent

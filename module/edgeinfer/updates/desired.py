@@ -13,15 +13,19 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from edgeinfer.errors import UpdateError
+from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.manifest import Manifest
 from edgeinfer.serving.selftest import check_self_test_spec
 from edgeinfer.updates.download import shown
+from edgeinfer.updates.rollout_spec import RolloutSpec
 from edgeinfer.updates.states import Target
 from edgeinfer.updates.store import check_part
 
 MAX_DOCUMENT_BYTES = 65_536
-_TOP_KEYS = {"model", "labels", "self_test", "sequence", "signature", "target"}
+#: Manifest keys a desired state may carry, so that they travel with the update.
+MANIFEST_KEYS = ("batch_axes", "label_output", "score_output", "quantized_io", "window", "state")
+_TOP_KEYS = {"model", "labels", "self_test", "sequence", "signature", "target", "rollout",
+             *MANIFEST_KEYS}  # fmt: skip
 _MODEL_KEYS = {"name", "version", "url", "sha256", "size", "format"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -84,6 +88,8 @@ class DesiredState:
     sequence: int | None
     document: dict[str, Any] = field(repr=False, compare=False)
     recipient: Recipient | None = None  # the document's "target": who it is for
+    extensions: dict[str, Any] = field(default_factory=dict)  # MANIFEST_KEYS it carries
+    rollout: RolloutSpec | None = None  # bring the model in progressively
 
     @property
     def target(self) -> Target:
@@ -91,7 +97,7 @@ class DesiredState:
 
     def manifest(self, fmt: str | None) -> Manifest:
         """The manifest a version installed from this document is stored with."""
-        return Manifest(
+        base = Manifest(
             name=self.name,
             version=self.version,
             format=fmt,
@@ -101,6 +107,9 @@ class DesiredState:
             self_test=self.self_test or {},
             source=self.url,
         )
+        if not self.extensions:
+            return base
+        return Manifest.from_doc({**base.to_doc(), **self.extensions}, "desired state")
 
 
 def parse_desired(payload: bytes, allowed_schemes: tuple[str, ...]) -> DesiredState:
@@ -180,11 +189,18 @@ def _parse_rest(
     if signature is not None and not isinstance(signature, str):
         raise UpdateError(f"signature = {signature!r}: expected a base64 string")
     recipient = Recipient.parse(doc["target"]) if "target" in doc else None
+    extensions = {key: doc[key] for key in MANIFEST_KEYS if key in doc}
+    try:
+        Manifest.from_doc(dict(extensions), "desired state")
+    except ModelError as exc:
+        raise UpdateError(str(exc)) from exc
+    rollout = RolloutSpec.parse(doc["rollout"]) if "rollout" in doc else None
     return DesiredState(
         name=name, version=version, url=url, sha256=sha256,
         size=size if isinstance(size, int) else None, format=fmt,
         labels=tuple(labels) if labels is not None else None,
         self_test=self_test, sequence=sequence, document=doc, recipient=recipient,
+        extensions=extensions, rollout=rollout,
     )  # fmt: skip
 
 

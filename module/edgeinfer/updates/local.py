@@ -42,6 +42,12 @@ class LocalChanges:
         self._options = options
         self._verify = verify
 
+    def current_changed(self) -> bool:
+        """Whether ``current`` names another version than the one served (a hand-edit)."""
+        served = self._switcher.served.stored
+        linked = self._store.link("current")
+        return linked is None or served is None or linked.path != served.path
+
     def handle_current(self) -> None:
         """``current`` changed: serve what it names if it passes the gate, else put it back."""
         served = self._switcher.served

@@ -8,6 +8,8 @@ order they were made and the retained one is always the newest.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,11 +30,20 @@ PROGRESS_INTERVAL_S = 0.25
 class Reporter:
     """Keeps the last reported parts and republishes the whole document on every change."""
 
-    def __init__(self, module_id: str, store: ModelStore, publish: Publish) -> None:
+    def __init__(
+        self,
+        module_id: str,
+        store: ModelStore,
+        publish: Publish,
+        labels: dict[str, str] | None = None,
+    ) -> None:
         self._module_id = module_id
+        self._labels = dict(labels or {})
+        self._hardware = hardware()
         self._store = store
         self._publish = publish
         self._model: dict[str, Any] = {}
+        self._rollout: dict[str, Any] | None = None
         self.status = UpdateStatus()
         self._last_progress = 0.0
 
@@ -45,6 +56,21 @@ class Reporter:
             "runtime": loaded.model.runtime,
             "activated_at": iso(time.time()),
         }
+        plan = loaded.streams
+        if plan is not None:
+            # A new model starts every stream's recurrent state over (buffered
+            # samples carry over when the window is the same).
+            self._model["streams"] = {
+                "window": plan.window.to_doc(),
+                "state": sorted(plan.state),
+                "state_reset_at": self._model["activated_at"] if plan.state else None,
+            }
+        if publish:
+            self.publish()
+
+    def rollout(self, report: dict[str, Any] | None, publish: bool = True) -> None:
+        """Record (and publish) a rollout's figures; None once it is over and forgotten."""
+        self._rollout = report
         if publish:
             self.publish()
 
@@ -90,13 +116,27 @@ class Reporter:
             }
             for v in self._store.versions()
         ]
-        return {
+        doc = {
             "module_id": self._module_id,
+            "labels": self._labels,
+            "hardware": self._hardware,
             "model": dict(self._model),
             "update": self.status.as_dict(),
             "versions": versions,
             "ts": iso(time.time()),
         }
+        if self._rollout is not None:
+            doc["rollout"] = self._rollout
+        return doc
 
     def publish(self) -> None:
         self._publish(orjson.dumps(self.document()))
+
+
+def hardware() -> dict[str, Any]:
+    """What the module runs on: cores, memory and architecture (for fleet views)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    return {"cores": os.cpu_count(), "memory_bytes": memory, "arch": platform.machine()}

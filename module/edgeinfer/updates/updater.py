@@ -28,6 +28,7 @@ from pathlib import Path
 from edgeinfer.config import UpdatesConfig
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.loaded import LoadedModel
+from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import BatchOutcome
 from edgeinfer.serving.admission import RuntimeOptions
 from edgeinfer.updates.desired import DesiredState, DesiredStateError, parse_desired
@@ -36,6 +37,7 @@ from edgeinfer.updates.gate import Gate
 from edgeinfer.updates.inbox import InboxDrop
 from edgeinfer.updates.local import LocalChanges
 from edgeinfer.updates.reported import Reporter
+from edgeinfer.updates.rollouts import Rollouts, RouteSlot
 from edgeinfer.updates.served import Served
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, Verifier, load_public_key
 from edgeinfer.updates.states import Target, UpdateState
@@ -61,6 +63,8 @@ class Updater:
         on_swap: Callable[[LoadedModel], None] | None = None,
         module_id: str = "edgeinfer",
         labels: dict[str, str] | None = None,
+        routes: RouteSlot | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -83,6 +87,11 @@ class Updater:
         )
         self._gate = Gate(store, downloader, options, reporter, self._superseded)
         self._switcher = Switcher(config, store, served, reporter, on_swap)
+        self._rollouts = (
+            Rollouts(store, routes, self._switcher, reporter, metrics, self._verdict_due)
+            if routes is not None
+            else None
+        )
         self._local = LocalChanges(
             store, self._gate, self._switcher, reporter, options, self._check
         )
@@ -91,6 +100,7 @@ class Updater:
         self._last_document: tuple[bytes, bool] | None = None  # (payload, it failed)
         self._local_due: dict[str, float] = {}
         self._report_due = False
+        self._check_due = False
         self._resume_due = True  # a probation the last run did not finish
         self._options = options
         self._stopping = False
@@ -131,6 +141,12 @@ class Updater:
             self._local_due[kind] = time.monotonic() + LOCAL_SETTLE_S
             self._cond.notify_all()
 
+    def _verdict_due(self) -> None:
+        """A rollout compared enough to judge (serving thread): check it now, not at the tick."""
+        with self._cond:
+            self._check_due = True
+            self._cond.notify_all()
+
     def request_report(self) -> None:
         """Publish the reported state again (after a reconnect), from the updater thread."""
         with self._cond:
@@ -157,6 +173,7 @@ class Updater:
                     return
                 desired, self._desired = self._desired, None
                 report, self._report_due = self._report_due, False
+                self._check_due = False
                 resume, self._resume_due = self._resume_due, False
                 now = time.monotonic()
                 local = [k for k, due in self._local_due.items() if due <= now]
@@ -170,11 +187,15 @@ class Updater:
                 if desired is not None:
                     self._handle_desired(desired)
                 for kind in local:
+                    if kind == "inbox" or self._local.current_changed():
+                        self._end_rollout(f"a local change ({kind})")
                     if kind == "current":
                         self._local.handle_current()
                     else:
                         self._local.handle_inbox()
                 self._switcher.check()
+                if self._rollouts is not None:
+                    self._rollouts.check()
             except Exception:  # the updater must outlive any bug in one update
                 log.exception("update step failed unexpectedly")
 
@@ -183,13 +204,14 @@ class Updater:
         return (
             self._stopping
             or self._report_due
+            or self._check_due
             or self._desired is not None
             or any(due <= now for due in self._local_due.values())
         )
 
     def _wait_time(self) -> float | None:
         waits = [max(0.0, due - time.monotonic()) for due in self._local_due.values()]
-        if self._switcher.probation is not None:
+        if self._switcher.probation is not None or self._rolling():
             waits.append(0.1)
         return min(waits) if waits else None
 
@@ -206,7 +228,14 @@ class Updater:
         except UpdateError as exc:
             self._failed(None, str(exc))
             return
+        rollouts = self._rollouts
+        if rollouts is not None and rollouts.is_running(
+            desired.target, desired.sha256, desired.rollout
+        ):
+            return  # the same rollout's document again (a reconnect): it goes on
         if self._is_served(desired):
+            # The active model again: a rollout under way is called off.
+            self._end_rollout("a desired state naming the active model")
             # Nothing to do; say so when the last report was about something else.
             probation = self._switcher.probation
             state = S.PROBATION if probation is not None else S.ACTIVE
@@ -225,6 +254,13 @@ class Updater:
         except Exception as exc:  # a bug: still a failed update with nothing left behind
             log.exception("update to %s failed unexpectedly", desired.target)
             self._failed(desired, f"internal error ({type(exc).__name__}): see the module's log")
+
+    def _rolling(self) -> bool:
+        return self._rollouts is not None and self._rollouts.running
+
+    def _end_rollout(self, why: str) -> None:
+        if self._rollouts is not None:
+            self._rollouts.end(why)
 
     def _is_served(self, desired: DesiredState) -> bool:
         served = self._switcher.served.loaded
@@ -277,6 +313,13 @@ class Updater:
         if self._superseded():
             loaded.model.close()
             return
+        if desired.rollout is not None:
+            if self._rollouts is None:
+                loaded.model.close()
+                raise UpdateError("rollouts need the engine's routes: not available here")
+            self._rollouts.start(desired.rollout, loaded, stored, desired.target)
+            return
+        self._end_rollout("a newer desired state")
         self._switcher.switch(loaded, stored, desired.target)
 
     def _failed(
