@@ -5,14 +5,15 @@ delivery rules as edgeinfer (manual ack after the broker acknowledged the
 republished message, many in flight, TCP_NODELAY): only the model is missing.
 
 ``naive``: what the usual sample inference module does: in the message
-callback, ``json.loads``, one ``session.run`` per reading, ``json.dumps``,
-publish; paho acknowledges on receipt.
+callback, ``json.loads`` (or ``np.load`` for .npy bytes), one ``session.run``
+per reading, ``json.dumps``, publish; paho acknowledges on receipt.
 
 Usage: python benchmarks/peers.py passthrough|naive BROKER_PORT [MODEL]
 """
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
@@ -42,16 +43,25 @@ def main() -> None:
         import onnxruntime as ort
 
         session = ort.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+        first = session.get_inputs()[0]
 
         def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-            doc = json.loads(msg.payload)
-            x = np.asarray(doc["features"], dtype=np.float32)[np.newaxis]
-            probs = session.run(None, {"window": x})[0]
+            if msg.payload[:6] == b"\x93NUMPY":
+                doc: dict[str, Any] = {}
+                x = np.load(io.BytesIO(msg.payload), allow_pickle=False)
+            else:
+                doc = json.loads(msg.payload)
+                x = np.asarray(doc["features"], dtype=np.float32)
+            if x.ndim < len(first.shape):
+                x = x[np.newaxis]
+            outputs = session.run(None, {first.name: x})
             out = {
                 "id": doc.get("id"),
                 "ts": doc.get("ts"),
                 "topic": msg.topic,
-                "outputs": {"probabilities": probs.tolist()},
+                "outputs": {
+                    o.name: v.tolist() for o, v in zip(session.get_outputs(), outputs, strict=True)
+                },
             }
             c.publish(f"inference/{msg.topic}", json.dumps(out), qos=1)
     else:
