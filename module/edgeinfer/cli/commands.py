@@ -102,6 +102,42 @@ def fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def rollout(args: argparse.Namespace) -> int:
+    import orjson
+
+    from edgeinfer.tools import fleet as view
+    from edgeinfer.tools.fleet_rollout import RolloutOptions, run_rollout
+
+    block = None
+    if args.module_rollout:
+        try:
+            block = orjson.loads(args.module_rollout)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError("--module-rollout", args.module_rollout, f"JSON ({exc})") from None
+        if not isinstance(block, dict):
+            raise ConfigError("--module-rollout", args.module_rollout, "a JSON object")
+    if args.min_done < 0 or args.timeout <= 0:
+        raise ConfigError(
+            "--min-done/--timeout", (args.min_done, args.timeout), "min-done >= 0, timeout > 0"
+        )
+    options = RolloutOptions(
+        selector=view.parse_selector(args.selector),
+        model=args.model,
+        version=args.version,
+        waves=args.waves,
+        max_failure=args.max_failure,
+        min_done=args.min_done,
+        sign_key=args.sign_key,
+        state_file=args.state,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        url=args.url,
+        timeout_s=args.timeout,
+        module_rollout=block,
+    )
+    return run_rollout(broker_settings(args), options)
+
+
 def simulate(args: argparse.Namespace) -> int:
     from edgeinfer.tools.simulate import simulate, simulate_samples
 
@@ -226,6 +262,7 @@ def quantize(args: argparse.Namespace) -> int:
 
 #: Every command, by the name it is typed as.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": run, "deploy": deploy, "status": status, "fleet": fleet, "health": health,
-    "simulate": simulate, "demo": demo, "inspect": inspect, "bench": bench, "quantize": quantize,
+    "run": run, "deploy": deploy, "status": status, "fleet": fleet, "rollout": rollout,
+    "health": health, "simulate": simulate, "demo": demo, "inspect": inspect, "bench": bench,
+    "quantize": quantize,
 }  # fmt: skip

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     _deploy(sub)
     _status(sub)
     _fleet(sub)
+    _rollout(sub)
     _inspect(sub)
     _bench(sub)
     _quantize(sub)
@@ -94,6 +95,54 @@ def _fleet(sub: Subparsers) -> None:
     status.add_argument("--json", action="store_true", help="a JSON list of objects")
     status.add_argument("--broker", help=BROKER_HELP)
     status.add_argument("--config", help="TOML config whose [broker] settings to use")
+
+
+def _rollout(sub: Subparsers) -> None:
+    roll = sub.add_parser(
+        "rollout",
+        help="a model across the modules a selector picks, in waves; stops and reverts every "
+        "module it touched when too many fail",
+    )
+    roll.add_argument("--selector", required=True, help="modules with these labels: site=a,hw=pi")
+    roll.add_argument("--model", type=Path, required=True, help="the model file to push")
+    roll.add_argument("--version", required=True)
+    roll.add_argument(
+        "--waves",
+        required=True,
+        help="cumulative wave sizes: counts, or shares of the selected modules with %% "
+        "(1,5,25,100%% = 1 module, then 5, then 25, then all)",
+    )
+    roll.add_argument(
+        "--max-failure",
+        required=True,
+        help="stop when more modules than this fail, roll back or time out: a count (2) or a "
+        "share of those finished (10%%)",
+    )
+    roll.add_argument(
+        "--min-done", type=int, default=1, help="judge the failures only once this many finished"
+    )
+    roll.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM)")
+    roll.add_argument("--url", help="where the modules download it (default: file:// path)")
+    roll.add_argument(
+        "--state",
+        type=Path,
+        help="the progress file (default: rollout-<name>-<version>.json here)",
+    )
+    roll.add_argument("--resume", action="store_true", help="go on with the rollout in --state")
+    roll.add_argument("--dry-run", action="store_true", help="print the waves; publish nothing")
+    roll.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a module may take to report its outcome (default 300)",
+    )
+    roll.add_argument(
+        "--module-rollout",
+        help="a rollout block (JSON) in each module's desired state: its own shadow or canary "
+        "gates must pass before it counts as done",
+    )
+    roll.add_argument("--broker", help=BROKER_HELP)
+    roll.add_argument("--config", help="TOML config whose [broker] settings to use")
 
 
 def _inspect(sub: Subparsers) -> None:

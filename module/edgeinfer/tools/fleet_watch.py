@@ -1,0 +1,93 @@
+"""What a fleet tool sees of its modules: their latest reported state and status, live.
+
+One MQTT connection subscribed to every module's retained ``reported`` and
+``status`` topics keeps the latest document of each; a waiter is woken on
+every change. The same connection publishes the desired states (retained, QoS 1,
+waiting for the broker's acknowledgement).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+
+from edgeinfer.config import BrokerConfig
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.tools.simulate import connect_client
+
+#: Retained messages arrive right after the subscription: settled once none came for this long.
+QUIET_S = 0.5
+
+
+class FleetWatch:
+    """The latest ``reported`` and ``status`` of every module on the broker."""
+
+    def __init__(self, broker: BrokerConfig) -> None:
+        self._cond = threading.Condition()
+        self._reported: dict[str, dict[str, Any]] = {}
+        self._online: dict[str, bool] = {}
+        self._changed = time.monotonic()
+        self._client = connect_client(
+            broker,
+            on_message=self._on_message,
+            subscribe=["edgeinfer/+/reported", "edgeinfer/+/status"],
+        )
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 3 or not msg.payload:
+            return
+        try:
+            doc = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(doc, dict):
+            return
+        with self._cond:
+            if parts[2] == "reported":
+                self._reported[parts[1]] = doc
+            else:
+                self._online[parts[1]] = doc.get("state") == "online"
+            self._changed = time.monotonic()
+            self._cond.notify_all()
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until the retained documents have arrived (none new for a moment)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while time.monotonic() < deadline and time.monotonic() - self._changed < QUIET_S:
+                self._cond.wait(QUIET_S / 5)
+
+    def reported(self, module_id: str) -> dict[str, Any]:
+        with self._cond:
+            return dict(self._reported.get(module_id) or {})
+
+    def online(self, module_id: str) -> bool:
+        with self._cond:
+            return self._online.get(module_id, False)
+
+    def wait(self, timeout: float) -> None:
+        """Return on the next change, or after ``timeout``."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def publish_desired(self, module_id: str, doc: dict[str, Any]) -> None:
+        """Publish ``doc`` retained on the module's desired topic; raise if the broker refuses."""
+        info = self._client.publish(
+            f"edgeinfer/{module_id}/desired", orjson.dumps(doc), qos=1, retain=True
+        )
+        try:
+            info.wait_for_publish(10)
+        except (RuntimeError, ValueError) as exc:
+            why = f"could not publish the desired state of {module_id}: {exc}"
+            raise EdgeInferError(why) from exc
+        if not info.is_published():
+            raise EdgeInferError(f"the broker did not take the desired state of {module_id}")
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
