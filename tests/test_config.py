@@ -70,7 +70,7 @@ def test_environment_lists_are_comma_separated_and_booleans_are_words() -> None:
         (
             {"EDGEINFER_TOPICS_INPUTS": "a/#/b"},
             "topics.inputs = 'a/#/b': expected a topic filter where '#' is last and wildcards fill "
-            "whole levels",
+            "whole levels (or $share/<group>/<filter>)",
         ),
         (
             {"EDGEINFER_TOPICS_OUTPUT": "out/{device}"},

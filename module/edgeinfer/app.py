@@ -12,6 +12,7 @@ acknowledged), publishes ``offline`` and disconnects, all within
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import signal
@@ -30,7 +31,7 @@ from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import Engine, EngineSettings
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.serving.admission import RuntimeOptions
-from edgeinfer.topics import module_topic
+from edgeinfer.topics import dealt_out, is_shared, module_topic
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.served import Served
 from edgeinfer.updates.startup import serve_from_store
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: The stream journal, in the state directory (windowed models only).
 JOURNAL_NAME = "streams.sqlite"
+#: A replica leaving a shared subscription is drained once no reading came for this long.
+LEAVE_QUIET_S = 0.5
 
 
 class EdgeInferModule:
@@ -58,12 +61,16 @@ class EdgeInferModule:
             tuple(config.model.providers),
             config.updates.self_test_runs,
             tuple(config.streams.window_overrides().items()),
+            dealt_out(config.topics.inputs, config.topics.shared_by_topic),
         )
         self.store = ModelStore(Path(config.module.state_dir))
         loaded, stored = serve_from_store(self.store, config.model.path, options)
-        self.connection = MqttConnection(
-            config.broker, config.client_id, module_topic(mid, "status")
-        )
+        broker = config.broker
+        self.shared = [flt for flt in config.topics.inputs if is_shared(flt)]
+        if self.shared:  # a replica: the share dealt to it while away waits only so long
+            expiry = min(broker.session_expiry_s, broker.shared_session_expiry_s)
+            broker = dataclasses.replace(broker, session_expiry_s=expiry)
+        self.connection = MqttConnection(broker, config.client_id, module_topic(mid, "status"))
         settings = EngineSettings(
             max_batch=config.pipeline.max_batch,
             max_delay_ms=config.pipeline.max_delay_ms,
@@ -181,6 +188,7 @@ class EdgeInferModule:
     def stop(self) -> None:
         """Drain and disconnect; bounded by ``module.shutdown_timeout_s``."""
         deadline = time.monotonic() + self.config.module.shutdown_timeout_s
+        left = self._leave_shared(deadline) if self.shared else False
         self.connection.stop_intake()
         self.responder.close()
         if self.health is not None:
@@ -188,22 +196,54 @@ class EdgeInferModule:
         if self.watcher is not None:
             self.watcher.stop()
         self.updater.stop(timeout=1.0)
-        if not self.engine.drain(max(0.1, deadline - time.monotonic())):
+        drained = self.engine.drain(max(0.1, deadline - time.monotonic()))
+        if not drained:
             log.warning(
                 "shutdown timeout: %d readings still queued; the broker will redeliver them",
                 self.engine.depth,
             )
-        if not self.connection.wait_acked(max(0.0, deadline - time.monotonic())):
+        acked = self.connection.wait_acked(max(0.0, deadline - time.monotonic()))
+        if not acked:
             log.warning(
                 "shutdown timeout: %d answers not yet acknowledged by the broker",
                 self.connection.unacked,
             )
-        self.connection.stop(max(0.5, deadline - time.monotonic()))
+        # A replica that left its shared subscriptions with nothing unanswered ends its
+        # session, so the broker keeps nothing for it; otherwise the session keeps
+        # what is unanswered for its return (within the session expiry).
+        every_input_shared = len(self.shared) == len(self.config.topics.inputs)
+        end_session = left and drained and acked and every_input_shared
+        self.connection.stop(max(0.5, deadline - time.monotonic()), end_session=end_session)
         self.engine.close()
         if self.http is not None:
             self.http.stop()
         self.engine.active.model.close()
         log.info("stopped")
+
+    def _leave_shared(self, deadline: float) -> bool:
+        """Unsubscribe the shared filters, taking readings until none comes for a moment.
+
+        Messages the broker queued to this session before the UNSUBACK keep coming,
+        one per acknowledgement: they are answered here, not stranded in a session
+        that nobody resumes. True when the broker confirmed and it went quiet.
+        """
+        log.info("leaving the shared subscriptions %s", self.shared)
+        if not self.connection.leave(self.shared, max(0.1, deadline - time.monotonic())):
+            log.warning("no UNSUBACK from the broker: readings dealt to this replica may wait")
+            return False
+        quiet_since = time.monotonic()
+        seen = self._received()
+        while time.monotonic() < deadline:
+            now = self._received()
+            if now != seen or self.connection.unacked or self.engine.depth:
+                seen, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= LEAVE_QUIET_S:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _received(self) -> float:
+        return self.metrics.registry.get_sample_value("edgeinfer_messages_received_total") or 0.0
 
 
 def run_module(config: Config) -> int:

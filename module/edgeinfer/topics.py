@@ -21,8 +21,40 @@ def module_topic(module_id: str, leaf: str) -> str:
     return f"edgeinfer/{module_id}/{leaf}"
 
 
+#: MQTT 5 shared subscriptions: ``$share/<group>/<filter>``.
+SHARE_PREFIX = "$share/"
+
+
+def is_shared(flt: str) -> bool:
+    """True for a shared subscription's filter (the broker deals its messages out)."""
+    return flt.startswith(SHARE_PREFIX)
+
+
+def dealt_out(filters: list[str], shared_by_topic: bool) -> str:
+    """Why one topic's readings may be split among replicas ("" when they are not).
+
+    mosquitto deals a shared subscription's messages round-robin, whatever their
+    topic: a stream's samples then reach several replicas, each with part of its
+    window and its own state. Brokers that hash by topic keep a topic on one.
+    """
+    shared = [flt for flt in filters if is_shared(flt)]
+    if not shared or shared_by_topic:
+        return ""
+    return (
+        f"topics.inputs has the shared subscription {shared[0]!r}, whose readings the broker "
+        "deals out across replicas regardless of topic (set topics.shared_by_topic = true "
+        "only if the broker keeps each topic on one replica, as EMQX's hash_topic does)"
+    )
+
+
 def valid_filter(flt: str) -> bool:
-    """True for a topic filter where ``#`` is last and wildcards fill whole levels."""
+    """True for a topic filter where ``#`` is last and wildcards fill whole levels.
+
+    A shared subscription's group name must be a plain level (no wildcards).
+    """
+    if is_shared(flt):
+        _, group, rest = [*flt.split("/", 2), "", ""][:3]
+        return bool(group) and not set(group) & {"+", "#"} and valid_filter(rest)
     levels = flt.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):

@@ -100,6 +100,9 @@ class BrokerConfig:
     password_file: str = ""
     keepalive_s: int = 30
     session_expiry_s: int = 86400
+    #: A replica on a shared subscription: how long the broker keeps the share
+    #: dealt to it while it is away (see the README's "Scale-out").
+    shared_session_expiry_s: int = 30
     receive_maximum: int = 256
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
@@ -126,12 +129,9 @@ class BrokerConfig:
             self.protocol in ("5", "3.1.1"), "broker.protocol", self.protocol, '"5" or "3.1.1"'
         )
         _require(self.keepalive_s >= 5, "broker.keepalive_s", self.keepalive_s, "an integer >= 5")
-        _require(
-            self.session_expiry_s >= 0,
-            "broker.session_expiry_s",
-            self.session_expiry_s,
-            "an integer >= 0",
-        )
+        for key in ("session_expiry_s", "shared_session_expiry_s"):
+            value = getattr(self, key)
+            _require(value >= 0, f"broker.{key}", value, "an integer >= 0")
         _require(
             1 <= self.receive_maximum <= 65535,
             "broker.receive_maximum",
@@ -214,6 +214,9 @@ class TopicsConfig:
     input_qos: int = 1
     output_qos: int = 1
     retained: str = "ignore"
+    #: The broker deals each topic of a shared subscription to one replica (EMQX's
+    #: hash_topic strategy): only then may windows and per-stream state be used on one.
+    shared_by_topic: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -234,7 +237,8 @@ class TopicsConfig:
                 valid_filter(flt),
                 "topics.inputs",
                 flt,
-                "a topic filter where '#' is last and wildcards fill whole levels",
+                "a topic filter where '#' is last and wildcards fill whole levels "
+                "(or $share/<group>/<filter>)",
             )
         try:
             TopicTemplate.parse(self.output)

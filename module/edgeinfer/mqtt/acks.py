@@ -15,6 +15,7 @@ connection.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -75,3 +76,10 @@ class AckTracker:
     def unacked(self) -> int:
         """Readings received on this connection and not yet acknowledged."""
         return len(self._pending)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every reading received is acknowledged; False at the timeout."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._pending

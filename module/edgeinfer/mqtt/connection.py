@@ -43,7 +43,7 @@ from edgeinfer.config import BrokerConfig
 from edgeinfer.mqtt.acks import AckTracker, Ticket
 from edgeinfer.mqtt.outbox import Outbox, log_refusal, refusal
 from edgeinfer.mqtt.security import apply_security
-from edgeinfer.mqtt.session import Backoff, connect_properties
+from edgeinfer.mqtt.session import Backoff, connect_properties, end_session_properties
 from edgeinfer.mqtt.subscriptions import Subscriptions
 from edgeinfer.pipeline.loop import ServingLoop, Worker
 from edgeinfer.pipeline.message import Message, Outcome
@@ -87,7 +87,8 @@ class MqttConnection:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
-        self._client.on_subscribe = self._on_subscribe
+        self._client.on_subscribe = self._subscriptions.on_suback
+        self._client.on_unsubscribe = self._subscriptions.on_unsuback
         self._client.on_socket_open = self._on_socket_open
         self._tracker = AckTracker(self._client.ack)
         # Many answers in flight at once (at most the broker's Receive Maximum).
@@ -98,6 +99,7 @@ class MqttConnection:
         self._decided_below = 0
         self._session_present = False
         self._accepting = True
+        self._end_session = False
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
@@ -114,11 +116,10 @@ class MqttConnection:
         self.last_error = "not connected yet"
 
     def _watch_paho_log(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
         # A TLS 1.3 broker refuses a client certificate after the handshake, so
         # the only account of why is paho's "failed to receive on socket: ...".
         if record.levelno >= logging.ERROR:
-            self._paho_problem = message
+            self._paho_problem = record.getMessage()
         return True
 
     # -- lifecycle -------------------------------------------------------------
@@ -169,17 +170,29 @@ class MqttConnection:
 
     def wait_acked(self, timeout: float) -> bool:
         """Wait until every reading received is acknowledged; False at the timeout."""
-        deadline = time.monotonic() + timeout
-        while self._tracker.unacked and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not self._tracker.unacked
+        return self._tracker.wait_idle(timeout)
 
     def stop_intake(self) -> None:
         """Stop taking readings; those that arrive stay unacknowledged at the broker."""
         self._accepting = False
 
-    def stop(self, timeout: float) -> None:
-        """Publish ``offline``, disconnect cleanly and stop the serving loop."""
+    def leave(self, filters: list[str], timeout: float) -> bool:
+        """Unsubscribe ``filters``; True once the broker stopped dealing them to us (UNSUBACK).
+        Readings that arrive meanwhile are still taken and answered."""
+        done = threading.Event()
+        if self._loop is not None:
+            self._loop.call_soon(
+                lambda: self._subscriptions.unsubscribe(self._client, filters, done)
+            )
+        return done.wait(timeout)
+
+    def stop(self, timeout: float, end_session: bool = False) -> None:
+        """Publish ``offline``, disconnect cleanly and stop the serving loop.
+
+        With ``end_session`` the DISCONNECT tells the broker to drop the session
+        (MQTT 5 session expiry 0): nothing is queued for a module that is gone.
+        """
+        self._end_session = end_session and self._v5
         deadline = time.monotonic() + timeout
         loop = self._loop
         if loop is None:
@@ -203,7 +216,7 @@ class MqttConnection:
         logging.getLogger("edgeinfer.paho").removeFilter(self._watch_paho_log)
 
     def _disconnect(self) -> None:
-        self._client.disconnect()
+        self._client.disconnect(properties=end_session_properties() if self._end_session else None)
 
     # -- the serving loop's transport (serving thread) ----------------------------
 
@@ -398,11 +411,6 @@ class MqttConnection:
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
         self._outbox.on_publish(mid, refusal(reason))
-
-    def _on_subscribe(
-        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
-    ) -> None:
-        self._subscriptions.on_suback(mid, reasons)
 
     @property
     def subscription_errors(self) -> dict[str, str]:

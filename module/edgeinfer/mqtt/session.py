@@ -17,6 +17,13 @@ def connect_properties(session_expiry_s: int, receive_maximum: int | None = None
     return props
 
 
+def end_session_properties() -> Properties:
+    """MQTT 5 DISCONNECT properties that end the session now (session expiry 0)."""
+    props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+    return props
+
+
 class Backoff:
     """Exponential backoff with "equal jitter": half the step fixed, half random."""
 

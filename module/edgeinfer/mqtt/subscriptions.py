@@ -11,6 +11,7 @@ names it.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -29,6 +30,7 @@ class Subscriptions:
         self.retained = "ignore"
         self._pending: dict[int, str] = {}  # mid -> filter, until the SUBACK
         self.errors: dict[str, str] = {}  # filter -> why the broker refused it
+        self._leaving: dict[int, threading.Event] = {}  # UNSUBSCRIBE mid -> its UNSUBACK
 
     def set(self, inputs: list[tuple[str, int]], control: list[str], retained: str) -> None:
         """Readings' filters with their QoS, the control topics (QoS 1), the retained policy."""
@@ -46,7 +48,25 @@ class Subscriptions:
             if mid is not None:
                 self._pending[mid] = flt
 
-    def on_suback(self, mid: int, reasons: Any) -> None:
+    def unsubscribe(self, client: paho.Client, filters: list[str], done: threading.Event) -> None:
+        """Unsubscribe ``filters`` for good (not again on a reconnect); ``done`` on UNSUBACK."""
+        self._filters = [(flt, qos) for flt, qos in self._filters if flt not in filters]
+        result, mid = client.unsubscribe(filters)
+        if result != paho.MQTT_ERR_SUCCESS or mid is None:
+            done.set()  # not connected: nothing is dealt to a session it is about to end
+            return
+        self._leaving[mid] = done
+
+    def on_unsuback(self, client: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
+        """paho's on_unsubscribe."""
+        done = self._leaving.pop(mid, None)
+        if done is not None:
+            done.set()
+
+    def on_suback(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        """paho's on_subscribe: a refused filter is logged and kept in ``errors``."""
         flt = self._pending.pop(mid, None)
         if flt is None:
             return

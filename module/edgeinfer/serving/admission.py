@@ -47,6 +47,9 @@ class RuntimeOptions:
     self_test_runs: int = 20
     #: ``[streams]`` keys that override the manifest's window (``StreamsConfig.window_overrides``).
     window_overrides: tuple[tuple[str, Any], ...] = ()
+    #: Why a stream's readings may be split among replicas ("" when they are not):
+    #: a model with windows or per-stream state is refused then.
+    dealt_out: str = ""
 
 
 def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> LoadedModel:
@@ -68,6 +71,10 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         report = run_self_test(loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds)
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
         plan = _plan(loaded, axes, path)
+        if plan is not None and options.dealt_out:
+            raise UpdateError(
+                f"the model keeps windows or state per stream, but {options.dealt_out}"
+            )
         # The test runs must not leak into live answers (a streaming model's state).
         loaded.model.reset()
     except BaseException:
