@@ -134,13 +134,15 @@ def test_a_refused_subscription_is_logged_and_kept_until_granted(
     conn = MqttConnection(BrokerConfig(), "c", "edgeinfer/c/status")
     subs = conn._subscriptions
     subs._pending[5] = "site/#"
-    conn._on_subscribe(
+    conn._client.on_subscribe(
         conn._client, None, 5, [ReasonCode(PacketTypes.SUBACK, identifier=0x87)], None
     )
     assert conn.subscription_errors == {"site/#": "Not authorized (0x87)"}
     assert "the broker refused the subscription to 'site/#': Not authorized (0x87)" in caplog.text
     subs._pending[6] = "site/#"
-    conn._on_subscribe(conn._client, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    conn._client.on_subscribe(
+        conn._client, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None
+    )
     assert conn.subscription_errors == {}
 
 

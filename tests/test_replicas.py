@@ -10,6 +10,7 @@ per-stream state are refused on a broker that deals out regardless of topic.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,8 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.manifest import load_manifest
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
+from edgeinfer.updates.startup import seed_store
+from edgeinfer.updates.store import ModelStore
 from tests.support import ONNX_MODEL, ROOT, Collector, ModuleProcess, Publisher, unique
 
 EXPIRY_S = 2
@@ -30,13 +34,15 @@ STREAM_MODEL = ROOT / "models" / "har" / "stream" / "model.onnx"
 class Replicas:
     """Modules sharing ``$share/<group>/<prefix>/sensors/#``, and a steady load on it."""
 
-    def __init__(self, broker: LocalBroker, tmp: Path, count: int = 2) -> None:
+    def __init__(
+        self, broker: LocalBroker, tmp: Path, count: int = 2, expiry_s: int = EXPIRY_S
+    ) -> None:
         self.broker, self.tmp = broker, tmp
         self.prefix = unique("rep")
         self.env = {
             "EDGEINFER_TOPICS_INPUTS": f"$share/{self.prefix}/{self.prefix}/sensors/#",
             "EDGEINFER_TOPICS_OUTPUT": f"{self.prefix}/inference/{{topic}}",
-            "EDGEINFER_BROKER_SHARED_SESSION_EXPIRY_S": str(EXPIRY_S),
+            "EDGEINFER_BROKER_SHARED_SESSION_EXPIRY_S": str(expiry_s),
         }
         self.modules = [self.replica(f"{self.prefix}-r{n}") for n in range(count)]
         for module in self.modules:
@@ -131,14 +137,14 @@ def test_a_killed_replicas_share_waits_for_it_and_others_take_all_after_the_expi
 def test_a_killed_replica_back_within_the_expiry_answers_its_share(
     broker: LocalBroker, tmp_path: Path, recordings: Recordings
 ) -> None:
-    reps = Replicas(broker, tmp_path)
+    reps = Replicas(broker, tmp_path, expiry_s=30)  # the default: time to start again
     a, _ = reps.modules
     sender = reps.load(recordings, 2000, rate=250)
     while len(reps.sent) < 500:
         time.sleep(0.02)
     a.signal(signal.SIGKILL)
     a.wait(10)
-    time.sleep(EXPIRY_S / 4)
+    time.sleep(1)
     reps.replica(a.module_id).start()  # same id: same client id, same session
     sender.join(30)
     missing = reps.wait_answered(set(range(2000)))
@@ -146,11 +152,13 @@ def test_a_killed_replica_back_within_the_expiry_answers_its_share(
     reps.sink.close()
 
 
-def run_module(broker: LocalBroker, tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_module(
+    broker: LocalBroker, state: Path, model: Path | None = STREAM_MODEL, **env: str
+) -> subprocess.CompletedProcess[str]:
+    seed = ["--model", str(model)] if model is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "edgeinfer", "run", "--broker", broker.url,
-         "--model", str(STREAM_MODEL), "--module-id", unique("w"),
-         "--state-dir", str(tmp / unique("s"))],
+        [sys.executable, "-m", "edgeinfer", "run", "--broker", broker.url, *seed,
+         "--module-id", unique("w"), "--state-dir", str(state)],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -159,11 +167,30 @@ def test_windows_on_a_shared_subscription_need_a_broker_that_keeps_topics_togeth
     broker: LocalBroker, tmp_path: Path
 ) -> None:
     shared = {"EDGEINFER_TOPICS_INPUTS": f"$share/g/{unique('w')}/sensors/#"}
-    refused = run_module(broker, tmp_path, **shared)
-    assert refused.returncode != 0
+    refused = run_module(broker, tmp_path / "state", **shared)
+    assert refused.returncode == 2
     assert "keeps windows or state per stream" in refused.stderr
     assert "topics.shared_by_topic" in refused.stderr
     by_topic = {**shared, "EDGEINFER_TOPICS_SHARED_BY_TOPIC": "true"}
     module = ModuleProcess(broker.url, STREAM_MODEL, tmp_path, env=by_topic)
     module.start()  # the operator says the broker hashes by topic: served
     module.stop()
+
+
+def test_a_shared_subscription_never_rolls_a_windowed_current_back(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A configuration conflict, not a bad model: the store keeps serving what it served."""
+    store = ModelStore(tmp_path / "state")
+    seed_store(store, ONNX_MODEL)  # har 1.0.0, becomes previous
+    manifest = dataclasses.replace(
+        load_manifest(STREAM_MODEL), version="2.0.0", format="onnx", source=str(STREAM_MODEL)
+    )
+    store.activate(store.install(STREAM_MODEL, manifest))
+    shared = {"EDGEINFER_TOPICS_INPUTS": f"$share/g/{unique('w')}/sensors/#"}
+    refused = run_module(broker, tmp_path / "state", model=None, **shared)
+    assert refused.returncode == 2, refused.stderr
+    assert "topics.shared_by_topic" in refused.stderr and "har 2.0.0" in refused.stderr
+    current = store.link("current")
+    assert current is not None and current.version == "2.0.0"
+    assert not store.is_failed("har", "2.0.0")

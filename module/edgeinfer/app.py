@@ -228,9 +228,15 @@ class EdgeInferModule:
         that nobody resumes. True when the broker confirmed and it went quiet.
         """
         log.info("leaving the shared subscriptions %s", self.shared)
-        if not self.connection.leave(self.shared, max(0.1, deadline - time.monotonic())):
-            log.warning("no UNSUBACK from the broker: readings dealt to this replica may wait")
+        wait = min(5.0, (deadline - time.monotonic()) / 3)  # the rest is for the drain
+        if not self.connection.leave(self.shared, max(0.1, wait)):
+            log.warning(
+                "the broker did not confirm the unsubscribe: readings dealt to this replica "
+                "wait in its session for its return (broker.shared_session_expiry_s)"
+            )
             return False
+        if len(self.shared) != len(self.config.topics.inputs):
+            return False  # other inputs keep the session: what is queued in it waits there
         quiet_since = time.monotonic()
         seen = self._received()
         while time.monotonic() < deadline:

@@ -86,3 +86,11 @@ class ReadingError(EdgeInferError):
 
 class UpdateError(EdgeInferError):
     """An over-the-air update is refused or failed; the message goes into the report."""
+
+
+class StreamsDealtOutError(UpdateError):
+    """A model with windows or per-stream state on inputs the broker deals out to replicas.
+
+    A conflict with the configuration, not a defect of the model: at start it is a
+    configuration error (the version is not marked failed), in an update a refusal.
+    """

@@ -83,3 +83,26 @@ class AckTracker:
         while self._pending and time.monotonic() < deadline:
             time.sleep(0.01)
         return not self._pending
+
+
+class Redeliveries:
+    """Whether each connection's unacknowledged readings will be delivered again.
+
+    Decided at the next CONNACK: they come again when the session survived
+    (session present). Answers to those readings are then stale (see Outbox).
+    """
+
+    def __init__(self) -> None:
+        self._redelivered: dict[int, bool] = {}  # epoch -> comes again
+        self._decided_below = 0
+
+    def decide(self, epoch: int, session_present: bool) -> None:
+        """Every epoch before ``epoch`` ended; the new connection's CONNACK says how."""
+        for old in range(self._decided_below, epoch):
+            self._redelivered[old] = session_present
+        self._decided_below = epoch
+        for old in [e for e in self._redelivered if e < epoch - 1000]:
+            del self._redelivered[old]
+
+    def of(self, epoch: int) -> bool:
+        return self._redelivered.get(epoch, False)

@@ -40,7 +40,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.mqtt.acks import AckTracker, Ticket
+from edgeinfer.mqtt.acks import AckTracker, Redeliveries, Ticket
 from edgeinfer.mqtt.outbox import Outbox, log_refusal, refusal
 from edgeinfer.mqtt.security import apply_security
 from edgeinfer.mqtt.session import Backoff, connect_properties, end_session_properties
@@ -93,13 +93,12 @@ class MqttConnection:
         self._tracker = AckTracker(self._client.ack)
         # Many answers in flight at once (at most the broker's Receive Maximum).
         self._outbox = Outbox(self._client, max(20, config.receive_maximum), self._is_stale)
-        # epoch -> True when that connection's unacked readings come again (the
-        # session survived), decided at the next CONNACK; see Outbox.
-        self._redelivered: dict[int, bool] = {}
-        self._decided_below = 0
+        # Which connections' unacked readings come again (see Redeliveries, Outbox).
+        self._redeliveries = Redeliveries()
         self._session_present = False
         self._accepting = True
         self._end_session = False
+        self._turned_away = 0  # readings that came after stop_intake: their session must stay
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
@@ -216,7 +215,10 @@ class MqttConnection:
         logging.getLogger("edgeinfer.paho").removeFilter(self._watch_paho_log)
 
     def _disconnect(self) -> None:
-        self._client.disconnect(properties=end_session_properties() if self._end_session else None)
+        # Decided at the last moment, on the serving thread: a reading turned away after
+        # stop_intake lives only in the session, so the session must outlive us.
+        end = self._end_session and not self._turned_away and not self._tracker.unacked
+        self._client.disconnect(properties=end_session_properties() if end else None)
 
     # -- the serving loop's transport (serving thread) ----------------------------
 
@@ -339,11 +341,7 @@ class MqttConnection:
         self._connected_once_this_attempt = True
         self._session_present = bool(getattr(flags, "session_present", False))
         epoch = self._tracker.new_epoch()
-        for old in range(self._decided_below, epoch):
-            self._redelivered[old] = self._session_present
-        self._decided_below = epoch
-        for old in [e for e in self._redelivered if e < epoch - 1000]:
-            del self._redelivered[old]
+        self._redeliveries.decide(epoch, self._session_present)
         self._outbox.on_connect(getattr(properties, "ReceiveMaximum", None))
         self._subscriptions.subscribe(client)
         self.publish(
@@ -384,6 +382,7 @@ class MqttConnection:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if not self._accepting:
+            self._turned_away += 1
             return  # left unacknowledged: the broker redelivers it next session
         ticket = self._tracker.register(msg.mid, msg.qos)
         handler = self._control.get(msg.topic)
@@ -419,11 +418,7 @@ class MqttConnection:
 
     def _is_stale(self, token: object) -> bool:
         """True for an answer to a QoS 1 reading the broker will redeliver (see Outbox)."""
-        return (
-            isinstance(token, Ticket)
-            and token.qos > 0
-            and self._redelivered.get(token.epoch, False)
-        )
+        return isinstance(token, Ticket) and token.qos > 0 and self._redeliveries.of(token.epoch)
 
     # -- publishing (any thread) ------------------------------------------------
 

@@ -52,15 +52,20 @@ class Subscriptions:
         """Unsubscribe ``filters`` for good (not again on a reconnect); ``done`` on UNSUBACK."""
         self._filters = [(flt, qos) for flt, qos in self._filters if flt not in filters]
         result, mid = client.unsubscribe(filters)
-        if result != paho.MQTT_ERR_SUCCESS or mid is None:
-            done.set()  # not connected: nothing is dealt to a session it is about to end
-            return
-        self._leaving[mid] = done
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._leaving[mid] = done
+        # Not connected: the session keeps the subscription (until it expires), and
+        # ``done`` stays unset, so the caller does not end that session.
 
-    def on_unsuback(self, client: paho.Client, userdata: Any, mid: int, *rest: Any) -> None:
-        """paho's on_unsubscribe."""
+    def on_unsuback(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        """paho's on_unsubscribe: ``done`` only when the broker removed every filter."""
         done = self._leaving.pop(mid, None)
-        if done is not None:
+        refused = [r for r in reasons or [] if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("the broker refused to unsubscribe: %s", refused)
+        elif done is not None:
             done.set()
 
     def on_suback(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.errors import ModelError, UpdateError
+from edgeinfer.errors import ModelError, StreamsDealtOutError, UpdateError
 from edgeinfer.loaded import LoadedModel, load
 from edgeinfer.manifest import Manifest, load_manifest
 from edgeinfer.runtimes.axes import BatchAxes
@@ -72,7 +72,7 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
         plan = _plan(loaded, axes, path)
         if plan is not None and options.dealt_out:
-            raise UpdateError(
+            raise StreamsDealtOutError(
                 f"the model keeps windows or state per stream, but {options.dealt_out}"
             )
         # The test runs must not leak into live answers (a streaming model's state).

@@ -9,7 +9,7 @@ gates), ``failed`` or ``rolled_back``, or when ``--timeout`` passes. Once
 the rollout stops: no further module is touched, and every module it touched
 gets a desired state that activates the version it served before (from its
 store: the old document could not be re-sent, its sequence is spent), until
-each reports that version active.
+each reports that version active (or ``--timeout`` passes: "not confirmed").
 
 Each step is written to the state file before it is taken, so a killed rollout
 goes on with ``--resume``.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.config import BrokerConfig
-from edgeinfer.errors import ConfigError
+from edgeinfer.errors import ConfigError, EdgeInferError, UpdateError
 from edgeinfer.tools import fleet
 from edgeinfer.tools.deploy import build_desired
 from edgeinfer.tools.fleet_watch import FleetWatch
@@ -32,6 +32,7 @@ from edgeinfer.tools.rollout_plan import (
     ABORTED,
     ACTIVE,
     DONE,
+    INTERRUPTED,
     NOT_CONFIRMED,
     OUTCOMES,
     PENDING,
@@ -43,10 +44,13 @@ from edgeinfer.tools.rollout_plan import (
     FailureLimit,
     Member,
     RolloutState,
+    exclusive,
     parse_waves,
     plan_waves,
 )
 from edgeinfer.tools.rollout_view import live_view
+from edgeinfer.updates.rollout_spec import RolloutSpec
+from edgeinfer.updates.signing import load_private_key, sign
 
 
 @dataclass(frozen=True)
@@ -75,61 +79,73 @@ Show = Callable[[str], None]
 
 
 def run_rollout(broker: BrokerConfig, options: RolloutOptions) -> int:
-    """Run (or resume) the rollout; 0 when done, 1 when it stopped and reverted."""
-    limit = FailureLimit.parse(options.max_failure)
-    template = _desired(options, "-")  # the model's name, version and sha256; checks --model
+    """Run (or resume) the rollout; 0 when done, 1 when it stopped (and reverted)."""
+    template = _template(options)
     name = template["model"]["name"]
     path = options.state_path(name)
-    if options.resume:
-        state = RolloutState.load(path)
-        if (state.name, state.version, state.sha256) != (
-            name, options.version, template["model"]["sha256"]
-        ):  # fmt: skip
-            raise ConfigError(
-                "--resume", str(path),
-                f"a rollout of {name} {options.version} with this model file "
-                f"(the state file is for {state.name} {state.version})",
-            )  # fmt: skip
-    else:
-        state = _plan(broker, options, template, limit)
+    if not options.selector:
+        raise ConfigError(
+            "--selector", "", "at least one label=value (every module: a label all share)"
+        )
+    with exclusive(path):
+        if options.resume:
+            state = RolloutState.load(path)
+            if (state.name, state.version, state.sha256) != (
+                name, options.version, template["model"]["sha256"]
+            ):  # fmt: skip
+                raise ConfigError(
+                    "--resume", str(path),
+                    f"a rollout of {name} {options.version} with this model file "
+                    f"(the state file is for {state.name} {state.version})",
+                )  # fmt: skip
+        else:
+            if path.exists() and RolloutState.load(path).phase == ROLLING:
+                raise ConfigError(
+                    "--state", str(path), "no unfinished rollout there: pass --resume to go on"
+                )
+            state = _plan(broker, options, template)
+        print(describe_plan(state), flush=True)
         if options.dry_run:
-            print(describe_plan(state))
             return 0
-        if path.exists() and RolloutState.load(path).phase == ROLLING:
-            raise ConfigError(
-                "--state", str(path), "no unfinished rollout there: pass --resume to go on with it"
-            )
         state.save(path)
-    print(describe_plan(state), flush=True)
-    watch = FleetWatch(broker)
-    try:
-        watch.settle()
-        with live_view(state, watch.reported) as (show, refresh):
-            return Runner(state, path, watch, options, limit, show, refresh).run()
-    finally:
-        watch.close()
+        try:
+            watch = FleetWatch(broker)
+        except (OSError, TimeoutError) as exc:
+            raise EdgeInferError(f"cannot reach the broker {broker.url}: {exc}") from exc
+        try:
+            watch.settle()
+            with live_view(state, watch.reported) as (show, refresh):
+                runner = Runner(state, path, watch, options, show, refresh)
+                return runner.run(resumed=options.resume)
+        finally:
+            watch.close()
 
 
-def _desired(options: RolloutOptions, module_id: str) -> dict[str, Any]:
-    doc = build_desired(options.model, options.version, url=options.url,
-                        sign_key=options.sign_key, module_id=module_id)  # fmt: skip
+def _template(options: RolloutOptions) -> dict[str, Any]:
+    """The document every module gets, less its target, sequence and signature."""
+    doc = build_desired(options.model, options.version, url=options.url, sequence=0)
+    del doc["sequence"]
     if options.module_rollout is not None:
+        try:
+            spec = RolloutSpec.parse(options.module_rollout)
+        except UpdateError as exc:
+            raise ConfigError("--module-rollout", options.module_rollout, str(exc)) from None
+        if spec.mode == "ab" or spec.on_pass == "hold" or spec.on_fail == "pause":
+            raise ConfigError(
+                "--module-rollout", options.module_rollout,
+                "a shadow or canary that ends on its own (on_pass promote, on_fail rollback): "
+                "A/B, hold and pause wait for an operator, so no module would ever be done",
+            )  # fmt: skip
         doc["rollout"] = options.module_rollout
-        if options.sign_key is not None:  # the block is part of what is signed
-            doc.pop("signature")
-            from edgeinfer.updates.signing import load_private_key, sign
-
-            doc["signature"] = sign(doc, load_private_key(options.sign_key))
     return doc
 
 
-def _plan(
-    broker: BrokerConfig, options: RolloutOptions, template: dict[str, Any], limit: FailureLimit
-) -> RolloutState:
+def _plan(broker: BrokerConfig, options: RolloutOptions, template: dict[str, Any]) -> RolloutState:
     """Select the modules, note what each serves now, and split them into waves."""
+    limit = FailureLimit.parse(options.max_failure)
     name = template["model"]["name"]
     chosen: list[str] = []
-    previous: dict[str, dict[str, str]] = {}
+    members: dict[str, Member] = {}
     skipped: dict[str, str] = {}
     for module in fleet.select(fleet.collect(broker), options.selector):
         mid, model = module["module_id"], module["model"] or {}
@@ -138,23 +154,28 @@ def _plan(
             skipped[mid] = "offline"
         elif not model.get("version"):
             skipped[mid] = "serves no model"
-        elif (model.get("name"), model.get("version")) == (name, options.version) and update.get(
-            "state"
-        ) in ("active", "idle"):
+        elif model.get("name") != name:
+            skipped[mid] = f"serves another model ({model.get('name')})"
+        elif model.get("version") == options.version and update.get("state") in ("active", "idle"):
             skipped[mid] = f"already serves {name} {options.version}"
         else:
             chosen.append(mid)
-            previous[mid] = {"name": model["name"], "version": model["version"]}
+            at = update.get("at")
+            previous = {"name": model["name"], "version": model["version"]}
+            members[mid] = Member(mid, 0, previous, baseline=at if isinstance(at, str) else None)
     if not chosen:
         raise ConfigError(
             "--selector", options.selector,
             f"at least one online module to update (skipped: {skipped or 'none found'})",
         )  # fmt: skip
     waves = plan_waves(chosen, parse_waves(options.waves))
-    members = {mid: Member(mid, n, previous[mid]) for n, wave in enumerate(waves) for mid in wave}
+    for n, wave in enumerate(waves):
+        for mid in wave:
+            members[mid].wave = n
     return RolloutState(
         selector=options.selector, name=name, version=options.version,
-        sha256=template["model"]["sha256"], waves=waves, members=members,
+        sha256=template["model"]["sha256"], template=template, waves=waves,
+        members={mid: members[mid] for wave in waves for mid in wave},
         max_failure=str(limit), min_done=options.min_done, skipped=skipped,
     )  # fmt: skip
 
@@ -182,16 +203,25 @@ class Runner:
         path: Path,
         watch: FleetWatch,
         options: RolloutOptions,
-        limit: FailureLimit,
         show: Show,
         refresh: Callable[[], None] = lambda: None,
     ) -> None:
         self.state, self.path, self.watch = state, path, watch
-        self.options, self.limit, self.show = options, limit, show
-        self.refresh = refresh
+        self.options, self.show, self.refresh = options, show, refresh
+        self.limit = FailureLimit.parse(state.max_failure)  # the plan's, also on --resume
+        self._key = load_private_key(options.sign_key) if options.sign_key else None
+        # Timeouts run from when this process took a member over: a resumed rollout
+        # does not time out modules for the time it was not running.
+        self._since: dict[str, float] = {}
 
-    def run(self) -> int:
+    def run(self, resumed: bool = False) -> int:
         state = self.state
+        if resumed:
+            now = time.time()
+            for member in state.members.values():
+                self._since[member.module_id] = now
+                if member.state == PUBLISHED:
+                    self._follow(member)  # an outcome reached while no rollout ran
         if state.phase == ROLLING:
             for n, wave in enumerate(state.waves):
                 if not self._wave(n, wave):
@@ -209,15 +239,19 @@ class Runner:
     def _wave(self, n: int, wave: list[str]) -> bool:
         """Publish to the wave's modules and wait for them; False once the rollout stops."""
         members = [self.state.members[mid] for mid in wave]
+        fresh = [m for m in members if m.state == PENDING]
+        for member in fresh:  # recorded first, all at once: a resume publishes them again
+            doc = self.state.doc(member) | {"sequence": int(time.time() * 1000)}
+            member.sequence = doc["sequence"]
+            member.signature = sign(doc, self._key) if self._key is not None else None
+            member.baseline = _at(self.watch.reported(member.module_id)) or member.baseline
+            member.state = PUBLISHED
+            member.published_at = self._since[member.module_id] = time.time()
+        if fresh:
+            self.state.save(self.path)
         for member in members:
-            if member.state == PENDING:
-                member.doc = _desired(self.options, member.module_id)
-                member.baseline = _at(self.watch.reported(member.module_id))
-                member.state = PUBLISHED
-                member.published_at = time.time()
-                self.state.save(self.path)  # before publishing: a resume publishes it again
-            if member.state == PUBLISHED and member.doc is not None:
-                self.watch.publish_desired(member.module_id, member.doc)
+            if member.state == PUBLISHED:
+                self.watch.publish_desired(member.module_id, self.state.doc(member))
         self.show(f"wave {n + 1}/{len(self.state.waves)}: {len(wave)} modules published")
         while True:
             for member in members:
@@ -245,7 +279,8 @@ class Runner:
             elif update.get("state") in ("failed", "rolled_back"):
                 outcome = str(update["state"])
                 member.error = update.get("error")
-        if outcome is None and time.time() - (member.published_at or 0) > self.options.timeout_s:
+        since = self._since.get(member.module_id, member.published_at or 0)
+        if outcome is None and time.time() - since > self.options.timeout_s:
             outcome = TIMEOUT
             member.error = f"no final state within {self.options.timeout_s:g} s"
         if outcome is not None:
@@ -265,6 +300,9 @@ class Runner:
             f"{failures} of {finished} finished modules failed: more than --max-failure "
             f"{state.max_failure}"
         )
+        for member in state.members.values():
+            if member.state == PUBLISHED:
+                member.state = INTERRUPTED
         state.save(self.path)
         self.show(f"stopping: {state.reason}; reverting every module this rollout touched")
         return True
@@ -275,14 +313,16 @@ class Runner:
         for member in touched:
             if member.revert is None:
                 previous = member.previous
+                sequence = max(int(time.time() * 1000), (member.sequence or 0) + 1)
                 member.revert_doc = build_desired(
-                    None, previous["version"], previous["name"],
-                    sign_key=self.options.sign_key, module_id=member.module_id,
+                    None, previous["version"], previous["name"], sign_key=self.options.sign_key,
+                    module_id=member.module_id, sequence=sequence,
                 )  # fmt: skip
-                member.revert_baseline = _at(self.watch.reported(member.module_id))
                 member.revert = REVERTING
                 member.revert_at = time.time()
-                self.state.save(self.path)
+        self.state.save(self.path)
+        for member in touched:
+            self._since[member.module_id] = time.time()
             if member.revert == REVERTING and member.revert_doc is not None:
                 self.watch.publish_desired(member.module_id, member.revert_doc)
         while any(m.revert == REVERTING for m in touched):
@@ -295,16 +335,14 @@ class Runner:
         self.state.save(self.path)
 
     def _follow_revert(self, member: Member) -> None:
+        """Reverted once it serves its previous version, settled: a module that never
+        left it reports nothing new for a document naming what it serves."""
         doc = self.watch.reported(member.module_id)
         update = doc.get("update") or {}
         served = (doc.get("model") or {}).get("version")
-        if (
-            update.get("at") != member.revert_baseline
-            and update.get("state") == "active"
-            and served == member.previous["version"]
-        ):
+        if served == member.previous["version"] and update.get("state") in ("active", "idle"):
             member.revert = REVERTED
-        elif time.time() - (member.revert_at or 0) > self.options.timeout_s:
+        elif time.time() - self._since[member.module_id] > self.options.timeout_s:
             member.revert = NOT_CONFIRMED
         else:
             return
@@ -330,6 +368,7 @@ class Runner:
             f"rollout of {state.name} {state.version} stopped: {state.reason}. {counts}; "
             f"{back} of {len(reverted)} touched modules back on their previous version "
             f"{since:.1f} s after the limit was crossed"
+            + ("" if back == len(reverted) else " (the others: not confirmed, see --state)")
         )
 
 

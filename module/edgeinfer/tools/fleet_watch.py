@@ -36,6 +36,8 @@ class FleetWatch:
             on_message=self._on_message,
             subscribe=["edgeinfer/+/reported", "edgeinfer/+/status"],
         )
+        with self._cond:  # the quiet time that settles runs from the subscription, not before
+            self._changed = time.monotonic()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         parts = msg.topic.split("/")
@@ -75,18 +77,27 @@ class FleetWatch:
         with self._cond:
             self._cond.wait(timeout)
 
-    def publish_desired(self, module_id: str, doc: dict[str, Any]) -> None:
-        """Publish ``doc`` retained on the module's desired topic; raise if the broker refuses."""
+    def publish_desired(self, module_id: str, doc: dict[str, Any], timeout: float = 60) -> None:
+        """Publish ``doc`` retained on the module's desired topic and wait for the broker.
+
+        A message published while the connection is down stays queued in paho and
+        goes out after the reconnect: a short drop waits, it does not end the rollout.
+        """
         info = self._client.publish(
             f"edgeinfer/{module_id}/desired", orjson.dumps(doc), qos=1, retain=True
         )
-        try:
-            info.wait_for_publish(10)
-        except (RuntimeError, ValueError) as exc:
-            why = f"could not publish the desired state of {module_id}: {exc}"
-            raise EdgeInferError(why) from exc
+        deadline = time.monotonic() + timeout
+        while not info.is_published() and time.monotonic() < deadline:
+            try:
+                info.wait_for_publish(1)
+            except RuntimeError:  # not connected right now: paho resends it on reconnect
+                time.sleep(0.2)
+            except ValueError as exc:  # a topic or payload MQTT cannot carry
+                raise EdgeInferError(f"cannot publish to {module_id}: {exc}") from exc
         if not info.is_published():
-            raise EdgeInferError(f"the broker did not take the desired state of {module_id}")
+            raise EdgeInferError(
+                f"the broker did not take the desired state of {module_id} within {timeout:g} s"
+            )
 
     def close(self) -> None:
         self._client.disconnect()

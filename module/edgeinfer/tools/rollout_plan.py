@@ -9,9 +9,12 @@ back to were recorded before the first module was touched.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ PENDING, PUBLISHED = "pending", "published"
 ACTIVE, FAILED, ROLLED_BACK, TIMEOUT = "active", "failed", "rolled_back", "timeout"
 OUTCOMES = (ACTIVE, FAILED, ROLLED_BACK, TIMEOUT)
 FAILURES = (FAILED, ROLLED_BACK, TIMEOUT)
+#: A member published to but without an outcome when the rollout stopped.
+INTERRUPTED = "interrupted"
 #: Revert states of a touched member after an abort.
 REVERTING, REVERTED, NOT_CONFIRMED = "reverting", "reverted", "not confirmed"
 #: The rollout's phases.
@@ -111,7 +116,8 @@ class Member:
     wave: int
     previous: dict[str, str]  # {"name", "version"} it served before the rollout
     state: str = PENDING
-    doc: dict[str, Any] | None = None  # the desired state published to it, as published
+    sequence: int | None = None  # of the desired state published to it (with the template)
+    signature: str | None = None
     published_at: float | None = None  # time.time()
     baseline: str | None = None  # its last update step's "at" before the publish
     finished_at: float | None = None
@@ -119,7 +125,6 @@ class Member:
     revert: str | None = None  # REVERTING, REVERTED or NOT_CONFIRMED after an abort
     revert_doc: dict[str, Any] | None = None
     revert_at: float | None = None
-    revert_baseline: str | None = None
 
     @property
     def touched(self) -> bool:
@@ -134,6 +139,9 @@ class RolloutState:
     name: str
     version: str
     sha256: str
+    #: The desired state every module gets, without ``target``, ``sequence`` and
+    #: ``signature`` (each member's own): built once, so every module gets the same bytes.
+    template: dict[str, Any]
     waves: list[list[str]]
     members: dict[str, Member]
     max_failure: str
@@ -158,14 +166,27 @@ class RolloutState:
     def failures(self) -> int:
         return sum(m.state in FAILURES for m in self.members.values())
 
+    def doc(self, member: Member) -> dict[str, Any]:
+        """The desired state published to ``member``, byte for byte as it was."""
+        doc = {**self.template, "target": {"module_id": member.module_id}}
+        doc["sequence"] = member.sequence
+        if member.signature is not None:
+            doc["signature"] = member.signature
+        return doc
+
     def save(self, path: Path) -> None:
         """Write the state atomically: a kill leaves the old file or the new, never half."""
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as out:
-            out.write(orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+            out.write(orjson.dumps(asdict(self)))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power cut
+        finally:
+            os.close(folder)
 
     @classmethod
     def load(cls, path: Path) -> RolloutState:
@@ -178,3 +199,17 @@ class RolloutState:
             raise ConfigError("--state", str(path), expected) from None
         except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError("--state", str(path), f"a rollout state file ({exc})") from None
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock file for the run: a second rollout on the same state is refused."""
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "w") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                "--state", str(path), "a state file no other rollout is using right now"
+            ) from None
+        yield

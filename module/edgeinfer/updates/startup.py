@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from edgeinfer.errors import ConfigError, ModelError, UpdateError
+from edgeinfer.errors import ConfigError, ModelError, StreamsDealtOutError, UpdateError
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.manifest import load_manifest
 from edgeinfer.runtimes import detect_format
@@ -76,6 +76,13 @@ def serve_from_store(
             continue
         try:
             loaded = admit(candidate.model_file, candidate.manifest(), options)
+        except StreamsDealtOutError:  # the config's fault, not the model's: nothing else served
+            raise ConfigError(
+                "topics.shared_by_topic",
+                False,
+                f"true to serve {candidate.name} {candidate.version}, which keeps windows or "
+                f"state per stream, while {options.dealt_out}",
+            ) from None
         except (ModelError, UpdateError) as exc:
             failures.append(f"{candidate.name} {candidate.version}: {exc}")
             continue
