@@ -112,7 +112,9 @@ def test_bench_compares_models_side_by_side_with_sane_figures() -> None:
         EVAL,
     )
     assert result.returncode == 0, result.stderr
-    models = orjson.loads(result.stdout)["models"]
+    models = orjson.loads(result.stdout)["models"]  # stdout is the JSON alone
+    # Not a terminal: progress is one line a step on stderr.
+    assert "  timed runs: 10 of 10 model rounds" in result.stderr.splitlines()
     assert [m["format"] for m in models] == ["onnx", "tflite"]
     for m in models:
         assert m["runs"] == 100
@@ -147,6 +149,11 @@ def test_quantize_writes_a_smaller_validated_model_and_its_manifest(
     )
     assert result.returncode == 0, result.stderr
     report = orjson.loads(result.stdout)
+    steps = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert (
+        steps[0].startswith(f"quantizing: {mode}")
+        and steps[-1] == "validating against the original"
+    )
     assert report["accuracy_before"] == 1.0
     assert report["accuracy_after"] == 1.0
     assert report["retention"] == 1.0
@@ -225,8 +232,10 @@ def test_bad_inputs_get_a_clear_error_exit_2_and_no_partial_output(tmp_path: Pat
     for args, first, second in cases:
         result = cli(*args)
         assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr.startswith("edgeinfer: bad configuration: "), result.stderr
-        assert first in result.stderr and second in result.stderr, result.stderr
+        # The error is the last line (progress lines may come before it, on stderr too).
+        error = result.stderr.splitlines()[-1]
+        assert error.startswith("edgeinfer: bad configuration: "), result.stderr
+        assert first in error and second in error, result.stderr
         assert not (tmp_path / "out").exists()
 
 
@@ -248,3 +257,32 @@ def test_quantize_without_the_tools_extra_exits_2_with_the_install_command(tmp_p
         "pip install 'edgeinfer[tools]'"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_long_commands_show_a_progress_bar_on_a_terminal_and_keep_stdout_clean() -> None:
+    """stderr on a pseudo-terminal: rich draws a bar; stdout (a pipe) holds the JSON alone."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeinfer", "bench", str(ONNX_MODEL), "--runs", "50", "--json"],
+        stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "120"},
+    )  # fmt: skip
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = proc.communicate(timeout=120)
+    os.close(leader)
+    assert proc.returncode == 0
+    assert orjson.loads(out)["models"][0]["runs"] == 50
+    screen = drawn.decode(errors="replace")
+    assert "timed runs: 5 of 5 model rounds" in screen
+    assert "\x1b[" in screen and "100%" in screen  # drawn with escape codes, to the end

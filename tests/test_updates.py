@@ -554,3 +554,27 @@ def test_deploy_wait_follows_the_update_to_active_or_to_its_failure(
     assert failed.returncode == 1, failed.stdout + failed.stderr
     last = failed.stdout.splitlines()[-1]
     assert last.startswith("  failed: ") and "file_roots" in last
+    # On a terminal: a progress bar on stderr for the steps, the outcome on stdout.
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeinfer", "deploy", "--model", str(ONNX_MODEL),
+         "--version", "1.3.0", *common],
+        stdout=subprocess.PIPE, stderr=follower, text=True,
+        env={**os.environ, "EDGEINFER_UPDATES_FILE_ROOTS": models},
+    )  # fmt: skip
+    os.close(follower)
+    drawn = b""
+    while chunk := _read(leader):
+        drawn += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0, out
+    assert out.splitlines()[-1] == "  active"
+    assert "\x1b[" in drawn.decode(errors="replace")  # drawn, not printed line by line
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the child closed its end
+        return b""

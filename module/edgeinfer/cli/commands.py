@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -48,8 +49,6 @@ def deploy(args: argparse.Namespace) -> int:
         args.sequence,
         module_id=args.module_id,
     )
-    published = time.time()
-    publish_desired(broker_settings(args), args.module_id, doc)
     model = doc["model"]
     what = (
         f" sha256 {model['sha256'][:12]}... {model['size']} bytes"
@@ -57,21 +56,40 @@ def deploy(args: argparse.Namespace) -> int:
         else " (stored version)"
     )
     signed = ", signed" if "signature" in doc else ""
-    print(
-        f"desired state for {args.module_id}: {model['name']} {model['version']}{what}"
-        f"{signed}, sequence {doc['sequence']}"
-    )
+
+    def publish() -> None:
+        publish_desired(broker_settings(args), args.module_id, doc)
+        print(
+            f"desired state for {args.module_id}: {model['name']} {model['version']}{what}"
+            f"{signed}, sequence {doc['sequence']}",
+            flush=True,
+        )
+
     if not args.wait:
+        publish()
         return 0
-    final = follow_update(
-        broker_settings(args),
-        args.module_id,
-        model["name"],
-        model["version"],
-        published,
-        args.timeout,
-        lambda step: print(step, flush=True),
-    )
+    from rich.console import Console
+
+    from edgeinfer.tools.progress import progress
+
+    # Published once the follower is subscribed: no early step goes unseen.
+    follow = functools.partial(
+        follow_update, broker_settings(args), args.module_id, model["name"], model["version"],
+        time.time(), args.timeout, start=publish,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    if console.is_terminal:  # a bar for the download and the steps, then the outcome
+        last = [""]
+        with progress(1.0, console) as steps:
+
+            def shown(step: str, done: float | None) -> None:
+                last[0] = step
+                steps.update(step.strip(), done)
+
+            final = follow(shown)
+        print(last[0] or f"  {final}")
+    else:  # a pipe or a log: one line a step
+        final = follow(lambda step, done: print(step, flush=True))
     if final == "timeout":
         print(f"edgeinfer: no final state within {args.timeout:g} s", file=sys.stderr)
     return 0 if final == "active" else 1
@@ -232,29 +250,39 @@ def inspect(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     from edgeinfer.tools.modelbench import bench_models, results_json, results_table
+    from edgeinfer.tools.progress import progress
 
-    results = bench_models(
-        args.models, args.batch, args.runs, args.warmup, args.threads, args.input
-    )
+    with progress(1.0) as steps:
+
+        def on_round(done: int, total: int) -> None:
+            steps.update(f"timed runs: {done} of {total} model rounds", done / total)
+
+        steps.update("loading and warming up", 0.0)
+        results = bench_models(
+            args.models, args.batch, args.runs, args.warmup, args.threads, args.input, on_round
+        )
     _show(args, results_json(results), results_table(results))
     return 0
 
 
 def quantize(args: argparse.Namespace) -> int:
+    from edgeinfer.tools.progress import progress
     from edgeinfer.tools.quantize import quantize as run_quantize
     from edgeinfer.tools.quantize import report_json
 
-    report = run_quantize(
-        args.model,
-        args.out,
-        args.mode,
-        args.calibration,
-        args.eval,
-        args.min_accuracy_retention,
-        args.method,
-        args.per_channel,
-        args.version,
-    )
+    with progress(None) as steps:
+        report = run_quantize(
+            args.model,
+            args.out,
+            args.mode,
+            args.calibration,
+            args.eval,
+            args.min_accuracy_retention,
+            args.method,
+            args.per_channel,
+            args.version,
+            on_step=steps.update,
+        )
     written = f"\nwritten: {args.out} and {args.out.parent / 'manifest.json'}"
     _show(args, report_json(report), report.text() + written)
     return 0

@@ -139,13 +139,16 @@ def follow_update(
     version: str,
     since: float,
     timeout: float,
-    show: Callable[[str], None] = print,
+    show: Callable[[str, float | None], None] = lambda step, done: print(step),
+    start: Callable[[], None] = lambda: None,
 ) -> str:
     """Follow the reported state until the update to ``name version`` settles.
 
     Only reports made after ``since`` (``time.time()`` when the desired state was
     published) count: the retained one may be an older attempt's. Each new step is
-    shown; returns the final state, or ``"timeout"``.
+    shown with how far the update got (the download's fraction, 1 once settled, else
+    None); returns the final state, or ``"timeout"``. ``start`` runs once subscribed
+    (publishing the desired state there, no step can come before the follower).
     """
     states: queue.Queue[dict[str, Any]] = queue.Queue()
 
@@ -164,6 +167,7 @@ def follow_update(
     deadline = time.monotonic() + timeout
     last = ""
     try:
+        start()
         while (left := deadline - time.monotonic()) > 0:
             try:
                 doc = states.get(timeout=min(left, 0.5))
@@ -177,7 +181,9 @@ def follow_update(
                 continue  # an earlier attempt's report
             step = _step(update, doc.get("rollout"))
             if step != last:
-                show(step)
+                settled = update["state"] in SETTLED
+                fraction = update.get("progress") if update["state"] == "downloading" else None
+                show(step, 1.0 if settled else fraction)
                 last = step
             if update["state"] in SETTLED:
                 return str(update["state"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -117,8 +118,12 @@ def bench_models(
     warmup: int = 20,
     threads: int = 0,
     input_file: Path | None = None,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> list[BenchResult]:
-    """Benchmark ``paths`` side by side; raises ConfigError for a bad model or input."""
+    """Benchmark ``paths`` side by side; raises ConfigError for a bad model or input.
+
+    ``on_round(done, total)`` after each model's timed runs of a round (for progress).
+    """
     if batch < 1 or runs < ROUNDS or warmup < 0:
         raise ConfigError(
             "--batch/--runs/--warmup",
@@ -146,6 +151,7 @@ def bench_models(
             workers.append((path, parent, proc, _expect(parent, "ready")))
         singles: dict[Path, list[float]] = {p: [] for p in paths}
         batches: dict[Path, list[float]] = {p: [] for p in paths}
+        done = 0
         for rnd in range(ROUNDS):
             order = workers[rnd % len(workers) :] + workers[: rnd % len(workers)]
             for path, conn, _, info in order:
@@ -154,6 +160,9 @@ def bench_models(
                 if info["can_batch"]:
                     conn.send(("batch", max(1, runs // ROUNDS // 4)))
                     batches[path] += _expect(conn, "times")
+                if on_round is not None:
+                    done += 1
+                    on_round(done, ROUNDS * len(workers))
         results = []
         for path, conn, proc, info in workers:
             conn.send(("stop", 0))

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +94,12 @@ def quantize(
     method: str = "minmax",
     per_channel: bool = False,
     version: str | None = None,
+    on_step: Callable[[str], None] = lambda step: None,
 ) -> QuantizeReport:
-    """Quantize ``source`` into ``out`` (and ``out``'s manifest.json); see the module doc."""
+    """Quantize ``source`` into ``out`` (and ``out``'s manifest.json); see the module doc.
+
+    ``on_step`` is told each step as it starts (for progress).
+    """
     require_tools()
     if mode not in MODES:
         raise ConfigError("--mode", mode, " or ".join(MODES))
@@ -129,8 +133,11 @@ def quantize(
         eval_feeds, labels = generate_inputs(original.inputs, batch=16, seed=2), None
     with tempfile.TemporaryDirectory(prefix="edgeinfer-quantize-") as tmp:
         work = Path(tmp) / "quantized.onnx"
+        rows = f" (calibrating on {len(next(iter(calib.values())))} samples)" if calib else ""
+        on_step(f"quantizing: {mode}{rows}")
         _run_quantizer(source, work, mode, calib, method, per_channel, Path(tmp))
         quantized = load_model(work)
+        on_step("validating against the original")
         report = _validate(mode, source, work, original, quantized, eval_feeds, labels)
         if report.retention is not None and report.retention < min_retention:
             raise AccuracyBarNotMet(
