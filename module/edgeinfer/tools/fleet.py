@@ -9,19 +9,11 @@ it never guesses: a module with no health summary shows none.
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
-
-import orjson
-import paho.mqtt.client as paho
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError
-from edgeinfer.tools.simulate import connect_client
-
-#: Retained messages arrive right after the subscription: stop once none came for this long.
-QUIET_S = 0.5
+from edgeinfer.tools.fleet_watch import FleetWatch
 
 
 def parse_selector(text: str | None) -> dict[str, str]:
@@ -38,48 +30,13 @@ def parse_selector(text: str | None) -> dict[str, str]:
 
 
 def collect(broker: BrokerConfig, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Every module with a retained status or reported state, sorted by id."""
-    found: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
-    last = [time.monotonic()]
-
-    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 3 or not msg.payload:
-            return
-        try:
-            doc = orjson.loads(msg.payload)
-        except orjson.JSONDecodeError:
-            return
-        with lock:
-            found.setdefault(parts[1], {})[parts[2]] = doc
-            last[0] = time.monotonic()
-
-    topics = ["edgeinfer/+/status", "edgeinfer/+/reported", "edgeinfer/+/health"]
-    client = connect_client(broker, on_message=on_message, subscribe=topics)
+    """Every module with a retained status, reported state or health summary, sorted by id."""
+    watch = FleetWatch(broker)
     try:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout and time.monotonic() - last[0] < QUIET_S:
-            time.sleep(0.05)
+        watch.settle(timeout)
+        return watch.modules()
     finally:
-        client.disconnect()
-        client.loop_stop()
-    return [_module(mid, parts) for mid, parts in sorted(found.items())]
-
-
-def _module(module_id: str, parts: dict[str, Any]) -> dict[str, Any]:
-    reported = parts.get("reported") or {}
-    status = parts.get("status") or {}
-    return {
-        "module_id": module_id,
-        "online": status.get("state") == "online",
-        "labels": reported.get("labels") or {},
-        "model": reported.get("model"),
-        "update": reported.get("update"),
-        "rollout": reported.get("rollout"),
-        "health": parts.get("health"),
-        "hardware": reported.get("hardware"),
-    }
+        watch.close()
 
 
 def select(modules: list[dict[str, Any]], selector: dict[str, str]) -> list[dict[str, Any]]:

@@ -87,38 +87,47 @@ def run_rollout(broker: BrokerConfig, options: RolloutOptions) -> int:
         raise ConfigError(
             "--selector", "", "at least one label=value (every module: a label all share)"
         )
+    watch: FleetWatch | None = None  # one connection plans, publishes and follows
     with exclusive(path):
-        if options.resume:
-            state = RolloutState.load(path)
-            if (state.name, state.version, state.sha256) != (
-                name, options.version, template["model"]["sha256"]
-            ):  # fmt: skip
-                raise ConfigError(
-                    "--resume", str(path),
-                    f"a rollout of {name} {options.version} with this model file "
-                    f"(the state file is for {state.name} {state.version})",
-                )  # fmt: skip
-        else:
-            if path.exists() and RolloutState.load(path).phase == ROLLING:
-                raise ConfigError(
-                    "--state", str(path), "no unfinished rollout there: pass --resume to go on"
-                )
-            state = _plan(broker, options, template)
-        print(describe_plan(state), flush=True)
-        if options.dry_run:
-            return 0
-        state.save(path)
         try:
-            watch = FleetWatch(broker)
-        except (OSError, TimeoutError) as exc:
-            raise EdgeInferError(f"cannot reach the broker {broker.url}: {exc}") from exc
-        try:
-            watch.settle()
+            if options.resume:
+                state = RolloutState.load(path)
+                if (state.name, state.version, state.sha256) != (
+                    name, options.version, template["model"]["sha256"]
+                ):  # fmt: skip
+                    raise ConfigError(
+                        "--resume", str(path),
+                        f"a rollout of {name} {options.version} with this model file "
+                        f"(the state file is for {state.name} {state.version})",
+                    )  # fmt: skip
+            else:
+                if path.exists() and RolloutState.load(path).phase == ROLLING:
+                    raise ConfigError(
+                        "--state", str(path), "no unfinished rollout there: pass --resume to go on"
+                    )
+                watch = _watch(broker)
+                state = _plan(fleet.select(watch.modules(), options.selector), options, template)
+            print(describe_plan(state), flush=True)
+            if options.dry_run:
+                return 0
+            state.save(path)
+            watch = watch or _watch(broker)
             with live_view(state, watch.reported) as (show, refresh):
                 runner = Runner(state, path, watch, options, show, refresh)
                 return runner.run(resumed=options.resume)
         finally:
-            watch.close()
+            if watch is not None:
+                watch.close()
+
+
+def _watch(broker: BrokerConfig) -> FleetWatch:
+    """A watch on every module's retained topics, with what the broker holds arrived."""
+    try:
+        watch = FleetWatch(broker)
+    except (OSError, TimeoutError) as exc:
+        raise EdgeInferError(f"cannot reach the broker {broker.url}: {exc}") from exc
+    watch.settle()
+    return watch
 
 
 def _template(options: RolloutOptions) -> dict[str, Any]:
@@ -140,14 +149,16 @@ def _template(options: RolloutOptions) -> dict[str, Any]:
     return doc
 
 
-def _plan(broker: BrokerConfig, options: RolloutOptions, template: dict[str, Any]) -> RolloutState:
-    """Select the modules, note what each serves now, and split them into waves."""
+def _plan(
+    selected: list[dict[str, Any]], options: RolloutOptions, template: dict[str, Any]
+) -> RolloutState:
+    """Note what each selected module serves now, and split them into waves."""
     limit = FailureLimit.parse(options.max_failure)
     name = template["model"]["name"]
     chosen: list[str] = []
     members: dict[str, Member] = {}
     skipped: dict[str, str] = {}
-    for module in fleet.select(fleet.collect(broker), options.selector):
+    for module in selected:
         mid, model = module["module_id"], module["model"] or {}
         update = module["update"] or {}
         if not module["online"]:

@@ -1,9 +1,10 @@
-"""What a fleet tool sees of its modules: their latest reported state and status, live.
+"""What a fleet tool sees of its modules: their retained status, reported state and health.
 
-One MQTT connection subscribed to every module's retained ``reported`` and
-``status`` topics keeps the latest document of each; a waiter is woken on
-every change. The same connection publishes the desired states (retained, QoS 1,
-waiting for the broker's acknowledgement).
+One MQTT connection subscribed to every module's retained ``status``,
+``reported`` and ``health`` topics keeps the latest document of each; a waiter
+is woken on every change. ``edgeinfer fleet status`` takes one settled look;
+``edgeinfer rollout`` keeps watching, and publishes the desired states over the
+same connection (retained, QoS 1, waiting for the broker's acknowledgement).
 """
 
 from __future__ import annotations
@@ -23,25 +24,28 @@ from edgeinfer.tools.simulate import connect_client
 QUIET_S = 0.5
 
 
+#: The retained topics a module keeps, by their last level.
+PARTS = ("status", "reported", "health")
+
+
 class FleetWatch:
-    """The latest ``reported`` and ``status`` of every module on the broker."""
+    """The latest ``status``, ``reported`` and ``health`` of every module on the broker."""
 
     def __init__(self, broker: BrokerConfig) -> None:
         self._cond = threading.Condition()
-        self._reported: dict[str, dict[str, Any]] = {}
-        self._online: dict[str, bool] = {}
+        self._parts: dict[str, dict[str, dict[str, Any]]] = {}  # module id -> part -> doc
         self._changed = time.monotonic()
         self._client = connect_client(
             broker,
             on_message=self._on_message,
-            subscribe=["edgeinfer/+/reported", "edgeinfer/+/status"],
+            subscribe=[f"edgeinfer/+/{part}" for part in PARTS],
         )
         with self._cond:  # the quiet time that settles runs from the subscription, not before
             self._changed = time.monotonic()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         parts = msg.topic.split("/")
-        if len(parts) != 3 or not msg.payload:
+        if len(parts) != 3 or parts[2] not in PARTS or not msg.payload:
             return
         try:
             doc = orjson.loads(msg.payload)
@@ -50,10 +54,7 @@ class FleetWatch:
         if not isinstance(doc, dict):
             return
         with self._cond:
-            if parts[2] == "reported":
-                self._reported[parts[1]] = doc
-            else:
-                self._online[parts[1]] = doc.get("state") == "online"
+            self._parts.setdefault(parts[1], {})[parts[2]] = doc
             self._changed = time.monotonic()
             self._cond.notify_all()
 
@@ -66,11 +67,12 @@ class FleetWatch:
 
     def reported(self, module_id: str) -> dict[str, Any]:
         with self._cond:
-            return dict(self._reported.get(module_id) or {})
+            return dict(self._parts.get(module_id, {}).get("reported") or {})
 
-    def online(self, module_id: str) -> bool:
+    def modules(self) -> list[dict[str, Any]]:
+        """Every module seen, sorted by id, as ``fleet status --json`` lists it."""
         with self._cond:
-            return self._online.get(module_id, False)
+            return [_module(mid, dict(parts)) for mid, parts in sorted(self._parts.items())]
 
     def wait(self, timeout: float) -> None:
         """Return on the next change, or after ``timeout``."""
@@ -102,3 +104,18 @@ class FleetWatch:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def _module(module_id: str, parts: dict[str, Any]) -> dict[str, Any]:
+    reported = parts.get("reported") or {}
+    status = parts.get("status") or {}
+    return {
+        "module_id": module_id,
+        "online": status.get("state") == "online",
+        "labels": reported.get("labels") or {},
+        "model": reported.get("model"),
+        "update": reported.get("update"),
+        "rollout": reported.get("rollout"),
+        "health": parts.get("health"),
+        "hardware": reported.get("hardware"),
+    }
