@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -180,3 +183,32 @@ class ModuleProcess(ModuleLauncher):
             time.sleep(0.02)
             current = self.metric(name)
         return current
+
+
+def on_terminal(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str, str]:
+    """``edgeinfer *args`` with stderr on a pseudo-terminal and stdout on a pipe.
+
+    Returns (exit code, stdout, everything drawn on the terminal, escape codes included).
+    """
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeinfer", *args], stdout=subprocess.PIPE, stderr=follower,
+        text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = proc.communicate(timeout=timeout)
+    os.close(leader)
+    return proc.returncode, out, drawn.decode(errors="replace")

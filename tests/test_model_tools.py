@@ -13,7 +13,7 @@ import pytest
 
 from edgeinfer.runtimes import load_model
 from edgeinfer.serving.selftest import run_self_test
-from tests.support import ONNX_MODEL, ROOT, TFLITE_MODEL
+from tests.support import ONNX_MODEL, ROOT, TFLITE_MODEL, on_terminal
 
 CALIBRATION = ROOT / "models" / "har" / "calibration.npz"
 EVAL = ROOT / "models" / "har" / "eval.npz"
@@ -261,28 +261,10 @@ def test_quantize_without_the_tools_extra_exits_2_with_the_install_command(tmp_p
 
 def test_long_commands_show_a_progress_bar_on_a_terminal_and_keep_stdout_clean() -> None:
     """stderr on a pseudo-terminal: rich draws a bar; stdout (a pipe) holds the JSON alone."""
-    import os
-    import pty
-
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeinfer", "bench", str(ONNX_MODEL), "--runs", "50", "--json"],
-        stdout=subprocess.PIPE, stderr=follower, env={**os.environ, "COLUMNS": "120"},
-    )  # fmt: skip
-    os.close(follower)
-    drawn = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the child closed its end
-            break
-        if not chunk:
-            break
-        drawn += chunk
-    out, _ = proc.communicate(timeout=120)
-    os.close(leader)
-    assert proc.returncode == 0
+    code, out, screen = on_terminal(
+        "bench", str(ONNX_MODEL), "--runs", "50", "--json", env={"COLUMNS": "120"}
+    )
+    assert code == 0
     assert orjson.loads(out)["models"][0]["runs"] == 50
-    screen = drawn.decode(errors="replace")
     assert "timed runs: 5 of 5 model rounds" in screen
     assert "\x1b[" in screen and "100%" in screen  # drawn with escape codes, to the end

@@ -17,7 +17,7 @@ import orjson
 
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
-from tests.support import ONNX_MODEL, TFLITE_MODEL, ModuleProcess
+from tests.support import ONNX_MODEL, TFLITE_MODEL, ModuleProcess, on_terminal
 from tests.updates_support import (
     HAR_LABELS,
     HAR_SELF_TEST,
@@ -555,26 +555,9 @@ def test_deploy_wait_follows_the_update_to_active_or_to_its_failure(
     last = failed.stdout.splitlines()[-1]
     assert last.startswith("  failed: ") and "file_roots" in last
     # On a terminal: a progress bar on stderr for the steps, the outcome on stdout.
-    leader, follower = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeinfer", "deploy", "--model", str(ONNX_MODEL),
-         "--version", "1.3.0", *common],
-        stdout=subprocess.PIPE, stderr=follower, text=True,
-        env={**os.environ, "EDGEINFER_UPDATES_FILE_ROOTS": models},
-    )  # fmt: skip
-    os.close(follower)
-    drawn = b""
-    while chunk := _read(leader):
-        drawn += chunk
-    out, _ = proc.communicate(timeout=60)
-    os.close(leader)
-    assert proc.returncode == 0, out
+    code, out, drawn = on_terminal(
+        "deploy", "--model", str(ONNX_MODEL), "--version", "1.3.0", *common, timeout=60
+    )
+    assert code == 0, out
     assert out.splitlines()[-1] == "  active"
-    assert "\x1b[" in drawn.decode(errors="replace")  # drawn, not printed line by line
-
-
-def _read(fd: int) -> bytes:
-    try:
-        return os.read(fd, 65536)
-    except OSError:  # the child closed its end
-        return b""
+    assert "\x1b[" in drawn  # drawn, not printed line by line
