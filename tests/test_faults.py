@@ -93,6 +93,8 @@ def test_when_the_errors_topic_is_refused_too_the_reading_waits_unacknowledged_u
         for i in range(5):
             pub.send(module.topic("imu"), reading(recordings, i))
         assert wait_until(lambda: module.metric("edgeinfer_unacked_readings") == 5)
+        # The readings are in before the broker's refusals of their reports come back.
+        assert wait_until(lambda: module.http_get("/readyz")[0] == 503)
         status, body = module.http_get("/readyz")
         assert status == 503
         assert "the broker refuses answers" in orjson.loads(body)["reason"]
