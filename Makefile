@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test check bench models clean
+.PHONY: demo test browser-deps check bench models clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,22 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed          ## broker + module + simulator + live results
 	$(BIN)/edgeinfer demo
 
-test: $(BIN)/.installed          ## the whole suite, against a mosquitto it starts itself
+test: $(BIN)/.installed browser-deps ## the whole suite, against a mosquitto it starts itself
 	@for tool in mosquitto mosquitto_passwd openssl systemd-analyze; do \
 		command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install mosquitto openssl systemd)"; exit 1; }; \
 	done
 	$(BIN)/python -m pytest
+
+browser-deps:                    ## Debian's chromium and chromedriver, for the browser tests
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else \
+		echo "make test needs chromium and chromedriver: sudo apt-get install chromium chromium-driver"; \
+		exit 1; \
+	fi
 
 check: $(BIN)/.installed         ## lint, format, type and layering checks
 	$(BIN)/ruff check module tests benchmarks models

@@ -158,7 +158,7 @@ def setup_copy(tmp_path: Path) -> Path:
 def test_compose_references_only_files_and_settings_that_exist(tmp_path: Path) -> None:
     copy = setup_copy(tmp_path)
     doc = compose()
-    assert set(doc["services"]) == {"mosquitto", "edgeinfer", "simulator"}
+    assert set(doc["services"]) == {"mosquitto", "edgeinfer", "simulator", "prometheus", "grafana"}
     assert doc["services"]["simulator"]["profiles"] == ["simulator"]
     assert "${" not in (DEPLOYMENT / "compose.yaml").read_text(), "no unset variables"
     named = set(doc["volumes"])

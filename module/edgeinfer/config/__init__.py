@@ -4,12 +4,12 @@ Precedence, highest first: command-line flags, ``EDGEINFER_<SECTION>_<KEY>``
 environment variables, the TOML file, the defaults.
 """
 
+from edgeinfer.config.http import HttpConfig
 from edgeinfer.config.loader import CONFIG_ENV, ENV_PREFIX, load_config
 from edgeinfer.config.sections import (
     SECTIONS,
     BrokerConfig,
     Config,
-    HttpConfig,
     LogConfig,
     ModelConfig,
     ModuleConfig,

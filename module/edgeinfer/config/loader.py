@@ -27,7 +27,7 @@ CONFIG_ENV = "EDGEINFER_CONFIG"
 
 
 #: Keys that say the same thing two ways: setting one in a layer overrides both below it.
-EXCLUSIVE = (("broker", ("password", "password_file")),)
+EXCLUSIVE = (("broker", ("password", "password_file")), ("http", ("token", "token_file")))
 
 
 def load_config(

@@ -4,7 +4,9 @@ A :class:`Message` is one reading as the transport received it, with a
 ``done`` callback that the pipeline calls exactly once, when the reading's
 answer (result or error report) is safe at the broker: that is where the
 transport acknowledges it. The pipeline never looks at ``token``; the
-transport uses it to recognise the answers of a message it handed out.
+transport uses it to recognise the answers of a message it handed out. A
+message with a ``reply`` (a reading posted over HTTP) is answered through it
+instead of being published.
 
 A :class:`Publisher` sends answers. ``on_done`` is called once per message:
 with None when the broker accepted it, or with the broker's reason when it
@@ -19,6 +21,9 @@ from typing import Protocol
 
 #: Called once per published message: None when accepted, else why the broker refused it.
 Outcome = Callable[[str | None], None]
+#: Takes a reading's answer instead of the broker (``POST /predict``): the result or
+#: error document, and the error code (None for a result).
+Reply = Callable[[bytes, str | None], None]
 
 
 @dataclass(eq=False, slots=True)
@@ -31,6 +36,7 @@ class Message:
     done: Callable[[], None]
     retain: bool = False
     token: object = None
+    reply: Reply | None = None  # set: the answer goes here, not to the broker
 
 
 class Publisher(Protocol):

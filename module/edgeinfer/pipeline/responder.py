@@ -81,6 +81,10 @@ class Responder:
         A result the transport will not take (a topic or payload MQTT cannot
         carry) becomes this reading's error report, never its batch-mates'.
         """
+        if message.reply is not None:
+            message.reply(payload, None)
+            message.done()
+            return
         pending = _pending(message, rid)
         try:
             self._publisher.publish(
@@ -101,10 +105,23 @@ class Responder:
         except ValueError as exc:  # a topic MQTT cannot carry: the shadow copy is skipped
             log.debug("shadow result not published on %r: %s", topic[:200], exc)
 
+    def escalate(self, topic: str, payload: bytes) -> None:
+        """Publish an escalated reading (QoS 1); the reading's own answer does not wait for it.
+
+        Raises ValueError when MQTT cannot carry ``topic`` or ``payload``.
+        """
+        self._publisher.publish(topic, payload, qos=1)
+
     def error(self, message: Message, error: ReadingError) -> None:
         """Report ``message`` on the errors topic as refused for ``error``."""
         self._metrics.reading_errors.labels(error.code).inc()
         log.warning("rejected reading on %s: %s", message.topic, error)
+        if message.reply is not None:
+            message.reply(
+                encode_error(message.topic, error.code, error.reason, error.rid), error.code
+            )
+            message.done()
+            return
         self._report(_pending(message, error.rid), error.code, error.reason, attempt=0)
 
     # -- outcomes (the transport's thread) ------------------------------------------

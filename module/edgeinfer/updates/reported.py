@@ -36,7 +36,9 @@ class Reporter:
         store: ModelStore,
         publish: Publish,
         labels: dict[str, str] | None = None,
+        on_step: Callable[[UpdateStatus], None] | None = None,
     ) -> None:
+        self._on_step = on_step
         self._module_id = module_id
         self._labels = dict(labels or {})
         self._hardware = hardware()
@@ -85,7 +87,14 @@ class Reporter:
         ):
             return
         self._last_progress = now
+        moved = (status.state, status.target, status.error) != (
+            self.status.state,
+            self.status.target,
+            self.status.error,
+        )
         self.status = status
+        if moved and self._on_step is not None:  # a new step, not a progress tick
+            self._on_step(status)
         self.publish()
 
     def step(
@@ -103,11 +112,27 @@ class Reporter:
         log.error("update %s failed: %s", target or "", error)
         self.update(UpdateStatus(UpdateState.FAILED, target, None, error))
 
-    def document(self) -> dict[str, Any]:
-        """The reported-state document as it stands."""
+    def document(self, versions: bool = True) -> dict[str, Any]:
+        """The reported-state document as it stands (without the store's listing when not
+        ``versions``: other threads ask, while the updater may be pruning the store)."""
+        doc: dict[str, Any] = {
+            "module_id": self._module_id,
+            "labels": self._labels,
+            "hardware": self._hardware,
+            "model": dict(self._model),
+            "update": self.status.as_dict(),
+            "ts": iso(time.time()),
+        }
+        if versions:
+            doc["versions"] = self._versions()
+        if self._rollout is not None:
+            doc["rollout"] = self._rollout
+        return doc
+
+    def _versions(self) -> list[dict[str, Any]]:
         current = self._store.link("current")
         previous = self._store.link("previous")
-        versions = [
+        return [
             {
                 "name": v.name,
                 "version": v.version,
@@ -116,18 +141,6 @@ class Reporter:
             }
             for v in self._store.versions()
         ]
-        doc = {
-            "module_id": self._module_id,
-            "labels": self._labels,
-            "hardware": self._hardware,
-            "model": dict(self._model),
-            "update": self.status.as_dict(),
-            "versions": versions,
-            "ts": iso(time.time()),
-        }
-        if self._rollout is not None:
-            doc["rollout"] = self._rollout
-        return doc
 
     def publish(self) -> None:
         self._publish(orjson.dumps(self.document()))
