@@ -20,21 +20,25 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from edgeinfer.config import Config
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.mqtt.connection import MqttConnection
 from edgeinfer.mqtt.outbox import log_refusal
 from edgeinfer.observability.health import HealthPublisher
-from edgeinfer.observability.http import HealthServer
+from edgeinfer.observability.http import HealthServer, Operator
 from edgeinfer.observability.metrics import Metrics
+from edgeinfer.observability.status import StatusBoard
 from edgeinfer.pipeline.engine import Engine, EngineSettings
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.serving.admission import RuntimeOptions
+from edgeinfer.serving.predict import Predictor
 from edgeinfer.topics import dealt_out, is_shared, module_topic
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.served import Served
 from edgeinfer.updates.startup import serve_from_store
+from edgeinfer.updates.states import UpdateState, UpdateStatus
 from edgeinfer.updates.store import ModelStore
 from edgeinfer.updates.updater import Updater
 from edgeinfer.updates.watcher import StoreWatcher
@@ -76,6 +80,8 @@ class EdgeInferModule:
             max_delay_ms=config.pipeline.max_delay_ms,
             queue_size=config.pipeline.queue_size,
             max_payload_bytes=config.pipeline.max_payload_bytes,
+            max_image_pixels=config.pipeline.max_image_pixels,
+            cascade=config.cascade.spec(),
             allow_non_finite=config.pipeline.allow_non_finite,
             output=config.topics.output_template,
             module_id=mid,
@@ -88,7 +94,13 @@ class EdgeInferModule:
             self.connection, self.metrics, module_topic(mid, "errors"), config.topics.output_qos
         )
         self.engine = Engine(loaded, settings, self.responder, self.metrics)
-        reporter = Reporter(mid, self.store, self._publish_reported, config.module.labels)
+        self.board = StatusBoard(self.metrics.registry, self._describe)
+        self.predictor = Predictor(self.engine.submit, lambda: self.engine.active)
+        self._token = config.http.resolved_token()  # an unreadable token file stops start-up here
+        self.reporter = reporter = Reporter(
+            mid, self.store, self._publish_reported, config.module.labels, self._on_step
+        )
+        self._on_step(reporter.status)
         self.updater = Updater(
             config.updates,
             self.store,
@@ -122,6 +134,45 @@ class EdgeInferModule:
             self.metrics.broker_connects.inc()
             self.updater.request_report()
 
+    def _on_step(self, status: UpdateStatus) -> None:
+        self.metrics.show_update_state(status.state.value, (s.value for s in UpdateState))
+        self.board.record_step(status.as_dict())
+
+    def _describe(self) -> dict[str, Any]:
+        """The live facts of ``/api/status`` (its figures come from the metrics)."""
+        doc = self.reporter.document(versions=False)
+        loaded = self.engine.active
+        doc["model"]["format"] = loaded.model.format
+        doc["model"].setdefault("name", loaded.identity.name)
+        doc["model"].setdefault("version", loaded.identity.version)
+        pipeline = self.config.pipeline
+        doc["batch"] = {
+            "max_batch": pipeline.max_batch,
+            "max_delay_ms": pipeline.max_delay_ms,
+            "queue_size": pipeline.queue_size,
+        }
+        doc["broker"] = {
+            "connected": self.connection.connected,
+            "address": self.config.broker.display_url,
+            "last_error": None if self.connection.connected else self.connection.last_error,
+        }
+        ready, reason = self.readiness()
+        doc["ready"] = {"ready": ready, "reason": reason}
+        doc.setdefault("rollout", None)
+        return doc
+
+    def _operator(self) -> Operator:
+        http = self.config.http
+        return Operator(
+            status=self.board.snapshot,
+            predict=self.predictor,
+            token=self._token,
+            open_without_token=http.on_loopback,
+            max_body=self.config.pipeline.max_payload_bytes,
+            max_concurrent=http.predict_concurrency,
+            counted=lambda status: self.metrics.predictions.labels(str(status)).inc(),
+        )
+
     def _publish_reported(self, payload: bytes) -> None:
         topic = module_topic(self.config.module.id, "reported")
         self.connection.publish(topic, payload, qos=1, retain=True, on_done=log_refusal(topic))
@@ -135,6 +186,7 @@ class EdgeInferModule:
         model = loaded.model
         self.metrics.model_info.info(
             {
+                "module_id": self.config.module.id,  # dashboards tell modules apart by it
                 "name": loaded.identity.name,
                 "version": loaded.identity.version,
                 "format": model.format,
@@ -171,7 +223,9 @@ class EdgeInferModule:
             self.watcher.start()
         if self.config.http.listen:
             host, port = self.config.http.address
-            self.http = HealthServer(host, port, self.metrics.registry, self.readiness)
+            operator = self._operator()
+            self.http = HealthServer(host, port, self.metrics.registry, self.readiness, operator)
+            self.board.start()
             self.http.start()
         if self.health is not None:
             self.health.start()
@@ -188,6 +242,7 @@ class EdgeInferModule:
     def stop(self) -> None:
         """Drain and disconnect; bounded by ``module.shutdown_timeout_s``."""
         deadline = time.monotonic() + self.config.module.shutdown_timeout_s
+        self.predictor.close()  # posted readings now would only stretch the drain
         left = self._leave_shared(deadline) if self.shared else False
         self.connection.stop_intake()
         self.responder.close()
@@ -217,6 +272,7 @@ class EdgeInferModule:
         self.engine.close()
         if self.http is not None:
             self.http.stop()
+        self.board.stop()
         self.engine.active.model.close()
         log.info("stopped")
 

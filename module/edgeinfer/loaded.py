@@ -16,6 +16,7 @@ from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Model
 from edgeinfer.runtimes.labels import LabelRule
 from edgeinfer.streamplan import StreamPlan
+from edgeinfer.vision.plan import VisionPlan
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +36,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     row_seconds: float = 0.0  # a run's time per row, from the self-test (0: not timed)
     streams: StreamPlan | None = None  # how windows of streamed samples feed it (admission)
+    vision: VisionPlan | None = None  # its preprocess and postprocess, when declared
 
     def __post_init__(self) -> None:
         if self.axes is None:
@@ -82,10 +84,14 @@ def load(
         rule = LabelRule.find(
             model.outputs, manifest.labels, manifest.label_output, manifest.score_output
         )
+        vision = None
+        if manifest.preprocess or manifest.postprocess or manifest.cascade:
+            score_output = rule.score_output if rule is not None else None
+            vision = VisionPlan(model, manifest, score_output)
     except BaseException:
         model.close()
         raise
-    return LoadedModel(model, manifest, path, digest, axes, rule)
+    return LoadedModel(model, manifest, path, digest, axes, rule, vision=vision)
 
 
 def _check_names(model: Model, manifest: Manifest) -> None:

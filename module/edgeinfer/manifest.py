@@ -19,7 +19,9 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ModelError
+from edgeinfer.postspec import PostprocessSpec, postprocess_from_doc, postprocess_to_doc
 from edgeinfer.streamspec import StateSpec, WindowSpec
+from edgeinfer.visionspec import CascadeSpec, PreprocessSpec
 
 MANIFEST_NAME = "manifest.json"
 UNVERSIONED = "unversioned"
@@ -55,6 +57,11 @@ class Manifest:
     #: Streams of samples: the model's window, and its recurrent state per stream.
     window: WindowSpec | None = None
     state: StateSpec | None = None
+    #: Camera readings: an image into the input, the outputs into labels or boxes,
+    #: and where uncertain readings are escalated (docs/reference.md, "Camera readings").
+    preprocess: PreprocessSpec | None = None
+    postprocess: PostprocessSpec | None = None
+    cascade: CascadeSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,6 +93,12 @@ class Manifest:
             doc["window"] = self.window.to_doc()
         if self.state is not None:
             doc["state"] = self.state.to_doc()
+        if self.preprocess is not None:
+            doc["preprocess"] = self.preprocess.to_doc()
+        if self.postprocess is not None:
+            doc["postprocess"] = postprocess_to_doc(self.postprocess)
+        if self.cascade is not None:
+            doc["cascade"] = self.cascade.to_doc()
         return doc
 
     def to_json(self) -> bytes:
@@ -126,9 +139,10 @@ class Manifest:
             raise ModelError(f'{where}: quantized_io = {quantized_io!r}: expected "float" or "raw"')
         known = {"name", "version", "format", "sha256", "size", "labels", "self_test", "source",
                  "batch_axes", "label_output", "score_output", "quantized_io", "window",
-                 "state"}  # fmt: skip
+                 "state", "preprocess", "postprocess", "cascade"}  # fmt: skip
         window = doc.get("window")
         state = doc.get("state")
+        pre, post, cascade = (doc.get(k) for k in ("preprocess", "postprocess", "cascade"))
         return cls(
             name=str(doc.get("name") or default_name),
             version=str(doc.get("version") or UNVERSIONED),
@@ -144,6 +158,9 @@ class Manifest:
             quantized_io=quantized_io,
             window=WindowSpec.from_doc(window, where) if window is not None else None,
             state=StateSpec.from_doc(state, where) if state is not None else None,
+            preprocess=PreprocessSpec.from_doc(pre, where) if pre is not None else None,
+            postprocess=postprocess_from_doc(post, where) if post is not None else None,
+            cascade=CascadeSpec.from_doc(cascade, where) if cascade is not None else None,
             extra={k: v for k, v in doc.items() if k not in known},
         )
 

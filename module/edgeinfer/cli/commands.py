@@ -166,6 +166,16 @@ def simulate(args: argparse.Namespace) -> int:
             "rate >= 0, count >= 0, devices >= 1",
         )
     broker = broker_settings(args)
+    if args.camera:
+        from edgeinfer.tools.camera import simulate_camera
+
+        topic = args.topic or "sensors/{device}/camera"
+        sent = simulate_camera(
+            broker, args.rate, args.count, topic, args.devices, args.qos, args.protocol
+        )
+        print(f"sent {sent} JPEG frames to {broker.url}")
+        return 0
+    args.topic = args.topic or "sensors/{device}/imu"
     if args.per_sample:
         sent = simulate_samples(
             broker, args.rate, args.count, args.topic, args.devices, args.qos, args.protocol

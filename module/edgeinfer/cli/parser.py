@@ -250,7 +250,13 @@ def _simulate(sub: Subparsers) -> None:
         help="one 6-axis sample per message, recordings back to back, devices interleaved "
         "(for a model whose manifest declares a window)",
     )
-    sim.add_argument("--topic", default="sensors/{device}/imu")
+    sim.add_argument(
+        "--camera",
+        action="store_true",
+        help="publish real photographs as 640x480 JPEG frames (needs the camera extra); "
+        "the default topic becomes sensors/{device}/camera",
+    )
+    sim.add_argument("--topic", default=None, help="topic template (default sensors/{device}/imu)")
     sim.add_argument("--devices", type=int, default=1, help="simulated devices (sim1..simN)")
     sim.add_argument("--qos", type=int, choices=(0, 1), default=1)
     sim.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version")

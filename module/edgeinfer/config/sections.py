@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from edgeinfer.config.cascade import CascadeConfig
+from edgeinfer.config.http import HttpConfig
 from edgeinfer.config.streams import StreamsConfig
 from edgeinfer.errors import ConfigError
 from edgeinfer.topics import TemplatePlaceholderError, TopicTemplate, valid_filter
@@ -269,6 +271,8 @@ class PipelineConfig:
     queue_size: int = 1024
     max_payload_bytes: int = 1_048_576
     allow_non_finite: bool = False
+    #: Image readings larger than this (width x height) are refused from their header.
+    max_image_pixels: int = 25_000_000
 
     def __post_init__(self) -> None:
         _require(
@@ -289,6 +293,12 @@ class PipelineConfig:
             "pipeline.max_payload_bytes",
             self.max_payload_bytes,
             "an integer >= 64",
+        )
+        _require(
+            1 <= self.max_image_pixels <= 1_000_000_000,
+            "pipeline.max_image_pixels",
+            self.max_image_pixels,
+            "a pixel count in 1..1000000000",
         )
 
 
@@ -371,28 +381,6 @@ class UpdatesConfig:
 
 
 @dataclass(frozen=True)
-class HttpConfig:
-    """The metrics and health endpoint."""
-
-    listen: str = "127.0.0.1:9108"
-
-    def __post_init__(self) -> None:
-        if self.listen:
-            host, _, port = self.listen.rpartition(":")
-            _require(
-                bool(host) and port.isdigit() and int(port) < 65536,
-                "http.listen",
-                self.listen,
-                'HOST:PORT (port 0 picks a free one), or "" to disable',
-            )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
 class LogConfig:
     """Logging on stderr."""
 
@@ -419,6 +407,7 @@ class Config:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)

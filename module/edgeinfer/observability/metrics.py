@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -72,6 +72,25 @@ class Metrics:
         self.broker_connects = Counter(
             "edgeinfer_broker_connects", "Successful connections to the broker", registry=r
         )
+        self.escalations = Counter(
+            "edgeinfer_escalations",
+            "Uncertain readings sent to the cascade's escalation topic (sent), or not for the "
+            "budget (over_budget) or a payload that cannot travel (failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.update_state = Gauge(
+            "edgeinfer_update_state",
+            "1 for the update state the module is in (reported update.state), 0 for the others",
+            ["state"],
+            registry=r,
+        )
+        self.predictions = Counter(
+            "edgeinfer_http_predictions",
+            "Readings answered over HTTP (POST /predict), by HTTP status",
+            ["status"],
+            registry=r,
+        )
 
     def _stream_metrics(self, r: CollectorRegistry) -> None:
         self.streams = Gauge(
@@ -120,6 +139,11 @@ class Metrics:
             "Mirrored runs skipped (over the CPU budget, or readings queued)",
             registry=r,
         )
+
+    def show_update_state(self, state: str, states: Iterable[str]) -> None:
+        """Set ``edgeinfer_update_state``: 1 for ``state``, 0 for the other ``states``."""
+        for each in states:
+            self.update_state.labels(each).set(1 if each == state else 0)
 
     def watch(self, queue_depth: Callable[[], float], unacked: Callable[[], float]) -> None:
         """Read the live gauges from their owners at scrape time."""

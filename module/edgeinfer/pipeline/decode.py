@@ -6,7 +6,11 @@ Accepted payloads (docs/reference.md, "Readings"):
 * ``{"inputs": {"<name>": [...] | scalar, ...}}`` for models with several inputs,
 * a bare JSON array, the same as ``{"features": [...]}``,
 * ``.npy`` bytes (magic ``\\x93NUMPY``) for the single input, and ``.npz``
-  bytes (a zip of ``<input name>.npy``) for several, loaded without pickle.
+  bytes (a zip of ``<input name>.npy``) for several, loaded without pickle,
+* JPEG or PNG bytes (by their signature) for a model whose manifest declares
+  ``preprocess`` (:mod:`edgeinfer.vision`),
+* ``{"payload": "<base64 of any of these>", "id": ..., "ts": ...}``: a reading
+  in a JSON envelope (escalated readings travel so); the envelope's id and ts win.
 
 Each array is cast to its input's dtype and fitted to its shape around the
 input's batch axis (:mod:`edgeinfer.runtimes.axes`). A reading's ``bucket``
@@ -16,6 +20,8 @@ values for the inputs that have no batch axis.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -30,6 +36,8 @@ from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
 from edgeinfer.pipeline.tensors import fit_shape, to_input
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Array, TensorSpec
+from edgeinfer.vision.images import decode_image, image_kind
+from edgeinfer.vision.preprocess import Geometry, Preprocessor
 
 Bucket = tuple[Any, ...]
 
@@ -44,6 +52,7 @@ class Reading:
     ts: Any = None
     bucket: Bucket = ()
     key: Any = None  # the value of the decoder's key field (streams keyed by a payload field)
+    geometry: Geometry | None = None  # an image reading's: how its pixels map to the input's
 
 
 class Decoder:
@@ -56,7 +65,10 @@ class Decoder:
         allow_non_finite: bool = False,
         axes: BatchAxes | None = None,
         key_field: str | None = None,
+        images: tuple[Preprocessor | None, int] = (None, 0),
     ) -> None:
+        """``images``: the model's preprocessor (None: no image readings) and the pixel limit."""
+        self._preprocessor, self._max_pixels = images
         self._inputs = inputs
         self._key_field = key_field
         self._by_name = {spec.name: spec for spec in inputs}
@@ -91,6 +103,8 @@ class Decoder:
             )
         if payload.startswith(NPY_MAGIC):
             return self._from_arrays({self._single_input().name: load_npy(payload)})
+        if image_kind(payload) is not None:
+            return self._from_image(payload)
         if payload.startswith((ZIP_MAGIC, EMPTY_ZIP)):
             return self._from_arrays(load_npz(payload, self._max_bytes * 16))
         if self._fast is not None and (found := self._fast.read(payload)) is not None:
@@ -120,6 +134,8 @@ class Decoder:
                 f"payload is a JSON {type(doc).__name__}: expected "
                 'an object with "features" or "inputs", or an array',
             )
+        if "payload" in doc:
+            return self._from_envelope(doc)
         try:
             reading = self._from_arrays(self._arrays_of(doc), doc.get("id"), doc.get("ts"))
             if self._key_field is not None:
@@ -128,6 +144,45 @@ class Decoder:
         except ReadingError as exc:
             exc.rid = doc.get("id")
             raise
+
+    def _from_image(self, payload: bytes) -> Reading:
+        pre = self._preprocessor
+        if pre is None:
+            raise ReadingError(
+                "bad_payload",
+                f"payload is a {image_kind(payload) or 'image'} image but the model's manifest "
+                "declares no preprocess: expected a tensor reading (JSON or .npy bytes)",
+            )
+        tensor, geometry = pre(decode_image(payload, pre.spec.color, self._max_pixels))
+        reading = self._from_arrays({pre.input.name: tensor})
+        return dataclasses.replace(reading, geometry=geometry)
+
+    def _from_envelope(self, doc: dict[str, Any]) -> Reading:
+        """``{"payload": base64, "id", "ts"}``: the inner reading, with the envelope's id and ts."""
+        rid, ts, inner = doc.get("id"), doc.get("ts"), doc["payload"]
+        try:
+            raw = base64.b64decode(inner if isinstance(inner, str) else b"\x00", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ReadingError(
+                "bad_payload",
+                f'"payload" is not base64 ({exc}): expected the base64 of a reading '
+                "(JPEG, PNG, .npy, .npz or JSON)",
+                rid,
+            ) from exc
+        if raw.lstrip()[:1] == b"{" and b'"payload"' in raw:
+            raise ReadingError(
+                "bad_payload", "an envelope inside an envelope: expected one level", rid
+            )
+        try:
+            reading = self.decode(raw)
+        except ReadingError as exc:
+            exc.rid = rid
+            raise
+        return dataclasses.replace(
+            reading,
+            id=rid if rid is not None else reading.id,
+            ts=ts if ts is not None else reading.ts,
+        )
 
     def _arrays_of(self, doc: dict[str, Any]) -> dict[str, Any]:
         if "features" in doc and "inputs" in doc:

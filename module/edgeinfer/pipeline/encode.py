@@ -25,13 +25,15 @@ def encode_result(
     latency_ms: float,
     rule: LabelRule | None = None,
     window: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Return the JSON result for one reading (docs/reference.md, "Results").
 
     ``label`` and ``score`` come from ``rule`` (see :class:`LabelRule`); without
     one, from the argmax of the first output when the model has labels: a
     single value for a one-row reading, lists otherwise. ``window`` names the
-    samples a windowed model's result answers.
+    samples a windowed model's result answers. ``extra``: fields of the declared
+    postprocess and cascade (``top``, ``detections``, ``escalated``), over the rest.
     """
     doc: dict[str, Any] = {
         "id": rid,
@@ -49,6 +51,8 @@ def encode_result(
         doc["label"], doc["score"] = found
     if window is not None:
         doc["window"] = window
+    if extra:
+        doc.update(extra)
     return _compact(orjson.dumps(doc, option=_DUMP_OPTIONS))
 
 

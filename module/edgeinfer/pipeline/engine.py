@@ -38,14 +38,21 @@ from edgeinfer.pipeline.responder import Responder
 from edgeinfer.pipeline.routed import RoutedAnswers
 from edgeinfer.pipeline.routing import Route
 from edgeinfer.pipeline.runner import Runner, RunStats
+from edgeinfer.pipeline.vision_results import VisionResults
 from edgeinfer.pipeline.windowed import WindowedAnswers
 from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError, module_topic
+from edgeinfer.visionspec import CascadeSpec
 
 log = logging.getLogger(__name__)
 
 #: About how long one model run may keep the serving loop (and so the network) busy.
 STEP_BUDGET_S = 0.25
+#: Why a reading posted over HTTP is not answered by a windowed model (also ``/predict``'s 409).
+WINDOWED_POSTED = (
+    "the model answers windows of a stream (manifest window or state): "
+    "expected its samples over MQTT, one reading per sample"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class EngineSettings:
     module_id: str
     journal: Path | None = None  # the stream journal (windowed models); None: off
     journal_sync: str = "normal"
+    max_image_pixels: int = 25_000_000  # image readings: larger ones are refused undecoded
+    cascade: CascadeSpec | None = None  # [cascade], over the manifest's
 
 
 @dataclass(frozen=True)
@@ -97,11 +106,13 @@ class Engine:
         self._idle = threading.Event()
         self._idle.set()
         self._full_since: float | None = None
+        self._full_lock = threading.Lock()  # submit may come from HTTP threads
         self._row_seconds = 0.0  # a run's time per row, smoothed
         self._journal: Journal | None = None
         self._windowed: WindowedAnswers | None = None
         self._routed: RoutedAnswers | None = None  # a rollout's candidate, while one runs
         self._pending_route: tuple[Route | None, threading.Event] | None = None
+        self._vision = VisionResults(responder, metrics, settings)
         self._use(active)
         metrics.queue_capacity.set(settings.queue_size)
 
@@ -119,6 +130,7 @@ class Engine:
             self._settings.max_payload_bytes,
             self._settings.allow_non_finite,
             active.batch_axes,
+            images=self._vision.images(active),
         )
 
     def _use_streams(self, active: LoadedModel) -> None:
@@ -201,13 +213,15 @@ class Engine:
     def submit(self, message: Message) -> None:
         """Queue one reading (the transport, on the serving thread; or any thread)."""
         self._metrics.messages_received.inc()
+        # Not idle before it is queued: the serving thread may answer it (and set idle)
+        # before this thread gets on, when the reading comes from another (HTTP) thread.
+        self._idle.clear()
         self._queue.put(message, message.received)
-        if self._idle.is_set():
-            self._idle.clear()
-        if self._full_since is None and self._queue.full:
-            # The transport stops reading until there is room again.
-            self._full_since = time.perf_counter()
-            self._metrics.backpressure_waits.inc()
+        with self._full_lock:
+            if self._full_since is None and self._queue.full:
+                # The transport stops reading until there is room again.
+                self._full_since = time.perf_counter()
+                self._metrics.backpressure_waits.inc()
         loop = self._loop
         if loop is not None and not loop.on_loop_thread():
             loop.wake()
@@ -269,9 +283,10 @@ class Engine:
             self._answer_safely(batch)
         elif self._windowed is not None:
             self._work_windows(self._windowed)
-        if self._full_since is not None and not self._queue.full:
-            self._metrics.backpressure_seconds.inc(time.perf_counter() - self._full_since)
-            self._full_since = None
+        with self._full_lock:
+            if self._full_since is not None and not self._queue.full:
+                self._metrics.backpressure_seconds.inc(time.perf_counter() - self._full_since)
+                self._full_since = None
         if self._queue.depth == 0:
             self._idle.set()
 
@@ -328,6 +343,16 @@ class Engine:
             return
         self._observe_outcome(active, count, stats)
 
+    def _refuse_posted(self, batch: list[Message], answered: set[int]) -> list[Message]:
+        """Readings posted over HTTP that a swap to a windowed model overtook: a window's
+        samples come from a stream, which one request is not (``/predict`` refuses them
+        up front; these were queued before the swap)."""
+        for message in batch:
+            if message.reply is not None:
+                answered.add(id(message))
+                self._responder.error(message, ReadingError("windowed_model", WINDOWED_POSTED))
+        return [m for m in batch if m.reply is None]
+
     def _observe_outcome(self, active: LoadedModel, count: int, stats: RunStats) -> None:
         if not count:
             return
@@ -338,6 +363,7 @@ class Engine:
     def _answer(self, batch: list[Message], answered: set[int]) -> None:
         active = self._active
         if self._windowed is not None:
+            batch = self._refuse_posted(batch, answered)
             count, stats = self._windowed.answer(active, self._runner, batch, answered)
             self._observe_outcome(active, count, stats)
             return
@@ -395,14 +421,16 @@ class Engine:
             self._responder.error(message, ReadingError("bad_topic", str(exc), reading.id))
             return
         try:
+            shown, fields, rid = self._vision.finish(active, message, reading, outputs)
             payload = encode_result(
                 message.topic,
                 active.identity,
-                outputs,
-                reading.id,
+                shown,
+                rid,
                 reading.ts,
                 (now - message.received) * 1000,
                 active.label_rule,
+                extra=fields,
             )
         except Exception:  # an encoder bug: this reading's error, not its batch's
             log.exception("unexpected failure encoding a result for %s", message.topic)

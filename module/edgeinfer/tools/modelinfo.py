@@ -22,6 +22,7 @@ from edgeinfer.runtimes.labels import LabelRule
 from edgeinfer.serving.probe import verify_axes
 from edgeinfer.serving.selftest import test_feeds
 from edgeinfer.tools.inputs import as_reading, generate_inputs, load_npz
+from edgeinfer.tools.visioninfo import vision_lines
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class ModelInfo:
     sha256: str
     batching: str = ""  # the batch axes and whether readings share a run
     label: str = ""  # where label and score come from
+    #: The manifest's preprocess, postprocess and cascade, as (heading, text).
+    vision: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         def tensor(s: TensorSpec) -> dict[str, Any]:
@@ -60,6 +63,7 @@ class ModelInfo:
             "sha256": self.sha256,
             "batching": self.batching,
             "label": self.label,
+            **({"vision": dict(self.vision)} if self.vision else {}),
         }
 
     def text(self) -> str:
@@ -74,6 +78,7 @@ class ModelInfo:
         lines += [f"  input     {s.describe()}" for s in self.inputs]
         lines += [f"  output    {s.describe()}" for s in self.outputs]
         lines += [f"  batch     {self.batching}", f"  label     {self.label}"]
+        lines += [f"  {heading:<11} {text}" for heading, text in self.vision]
         return "\n".join(lines)
 
 
@@ -92,6 +97,7 @@ def describe(path: Path, sample: Path | None = None) -> ModelInfo:
     model, fmt = open_model(path)
     try:
         batching, label = _behaviour(model, path, sample)
+        vision = tuple(vision_lines(model, load_manifest(path)))
     except BaseException:
         model.close()
         raise
@@ -112,6 +118,7 @@ def describe(path: Path, sample: Path | None = None) -> ModelInfo:
         hashlib.sha256(data).hexdigest(),
         batching,
         label,
+        vision,
     )
     model.close()
     return info

@@ -202,3 +202,7 @@ def _paced(
         client.disconnect()
         client.loop_stop()
     return sent
+
+
+#: The pacing loop, for the camera simulator (:mod:`edgeinfer.tools.camera`).
+paced = _paced

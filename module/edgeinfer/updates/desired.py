@@ -23,7 +23,8 @@ from edgeinfer.updates.store import check_part
 
 MAX_DOCUMENT_BYTES = 65_536
 #: Manifest keys a desired state may carry, so that they travel with the update.
-MANIFEST_KEYS = ("batch_axes", "label_output", "score_output", "quantized_io", "window", "state")
+MANIFEST_KEYS = ("batch_axes", "label_output", "score_output", "quantized_io", "window", "state",
+                 "preprocess", "postprocess", "cascade")  # fmt: skip
 _TOP_KEYS = {"model", "labels", "self_test", "sequence", "signature", "target", "rollout",
              *MANIFEST_KEYS}  # fmt: skip
 _MODEL_KEYS = {"name", "version", "url", "sha256", "size", "format"}

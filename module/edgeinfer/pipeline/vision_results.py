@@ -1,0 +1,119 @@
+"""The answer stage of camera readings: postprocess fields, and escalation of uncertain ones.
+
+The engine hands each result's outputs here before encoding it. A model with
+a ``postprocess`` gets its ``label``/``score``/``top`` or ``detections``; a
+model with a ``cascade`` has its uncertain readings published to the
+escalation topic within the budget (:mod:`edgeinfer.vision.cascade`), and the
+result marked ``"escalated": true``. Runs on the serving thread, which owns
+the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from edgeinfer.loaded import LoadedModel
+from edgeinfer.observability.metrics import Metrics
+from edgeinfer.pipeline.decode import Reading
+from edgeinfer.pipeline.message import Message
+from edgeinfer.pipeline.responder import Responder
+from edgeinfer.runtimes.base import Value
+from edgeinfer.topics import TopicTemplate
+from edgeinfer.vision.cascade import Budget, escalation_id, escalation_payload
+from edgeinfer.vision.images import guard_pillow
+from edgeinfer.vision.plan import Answer, VisionPlan, uncertain
+from edgeinfer.vision.preprocess import Preprocessor
+from edgeinfer.visionspec import CascadeSpec
+
+if TYPE_CHECKING:  # the engine imports this module: its settings only as a type
+    from edgeinfer.pipeline.engine import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+class VisionResults:
+    """Postprocess and cascade for the engine's results."""
+
+    def __init__(self, responder: Responder, metrics: Metrics, settings: EngineSettings) -> None:
+        """``settings.cascade``: the configuration's (``[cascade]``), over every manifest's."""
+        self._responder = responder
+        self._metrics = metrics
+        self._module_id = settings.module_id
+        self._override = settings.cascade
+        self._max_pixels = settings.max_image_pixels
+        guard_pillow(settings.max_image_pixels)
+        # A plan for a model that declares no vision block, when [cascade] needs its scores.
+        self._plain: tuple[LoadedModel, VisionPlan] | None = None
+        # The budget lives as long as the cascade block does: an update that keeps
+        # it keeps the budget spent so far.
+        self._cascade: tuple[CascadeSpec, TopicTemplate, Budget] | None = None
+
+    def images(self, active: LoadedModel) -> tuple[Preprocessor | None, int]:
+        """What the decoder of ``active`` needs for image readings: its preprocessor, the limit."""
+        return (active.vision.preprocessor if active.vision else None), self._max_pixels
+
+    def finish(
+        self, active: LoadedModel, message: Message, reading: Reading, outputs: dict[str, Value]
+    ) -> tuple[Mapping[str, Value], dict[str, Any], Any]:
+        """``(outputs, extra result fields, id)`` for one reading's result."""
+        spec = self._override or active.manifest.cascade
+        plan = active.vision or (self._plan_for(active) if spec is not None else None)
+        if plan is None:
+            return outputs, {}, reading.id
+        answer = plan.answer(outputs, reading.geometry)
+        fields = dict(answer.fields)
+        rid = reading.id
+        if spec is not None and uncertain(answer.scores, spec.below, spec.margin):
+            rid = self._escalate(spec, active, message, reading, answer, fields)
+        elif spec is not None:
+            self._budget(spec)[2].seen()
+        return (outputs if answer.keep_outputs else {}), fields, rid
+
+    def _plan_for(self, active: LoadedModel) -> VisionPlan:
+        if self._plain is None or self._plain[0] is not active:
+            rule = active.label_rule
+            score_output = rule.score_output if rule is not None else None
+            self._plain = (active, VisionPlan(active.model, active.manifest, score_output))
+        return self._plain[1]
+
+    def _budget(self, spec: CascadeSpec) -> tuple[CascadeSpec, TopicTemplate, Budget]:
+        if self._cascade is None or self._cascade[0] != spec:
+            template = TopicTemplate.parse(spec.topic)  # validated with the manifest
+            self._cascade = (spec, template, Budget(spec.max_fraction, spec.max_per_s))
+        return self._cascade
+
+    def _escalate(
+        self,
+        spec: CascadeSpec,
+        active: LoadedModel,
+        message: Message,
+        reading: Reading,
+        answer: Answer,
+        fields: dict[str, Any],
+    ) -> Any:
+        _, template, budget = self._budget(spec)
+        budget.seen()
+        if not budget.take():
+            self._metrics.escalations.labels("over_budget").inc()
+            return reading.id
+        rid = reading.id if reading.id is not None else escalation_id(self._module_id)
+        edge = fields or {"scores": answer.scores}
+        source = {
+            "module_id": self._module_id,
+            "model": active.identity.name,
+            "version": active.identity.version,
+            "result": edge,
+        }
+        try:
+            topic = template.render(message.topic, self._module_id)
+            payload = escalation_payload(message.payload, rid, reading.ts, message.topic, source)
+            self._responder.escalate(topic, payload)
+        except ValueError as exc:  # a topic or payload MQTT cannot carry
+            self._metrics.escalations.labels("failed").inc()
+            log.warning("cannot escalate the reading on %s: %s", message.topic, exc)
+            return reading.id
+        self._metrics.escalations.labels("sent").inc()
+        fields["escalated"] = True
+        return rid

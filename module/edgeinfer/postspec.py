@@ -1,0 +1,224 @@
+"""What a model's manifest declares about its outputs: ``postprocess``.
+
+``{"type": "topk", "k": 5, "output": "probs", "activation": "softmax"}`` for
+classifiers: the ``k`` best classes with their scores, named from the
+manifest's ``labels``.
+
+``{"type": "detect", "format": ..., "score_min", "iou", "max_detections"}`` for
+detectors, in one of three output layouts (``format``):
+
+* ``boxes``: already decoded, ``outputs: {"boxes", "scores", "classes"}``
+  (``classes`` optional; ``box``: ``xyxy | yxyx | xywh | cxcywh``,
+  ``normalized``: coordinates in 0..1 of the input rather than pixels);
+* ``yolo``: one output ``[1, 4 + classes, N]`` (or ``[1, N, 4 + classes]``)
+  of ``cx, cy, w, h`` in input pixels and one score per class;
+* ``ssd_anchors``: raw regressors ``[1, N, >=4]`` and logits ``[1, N, classes]``
+  decoded against anchors generated as MediaPipe's ``SsdAnchorsCalculator``
+  does from ``anchors`` (its options), with ``box_scale`` (x, y, w, h scales).
+
+Validated here with errors naming the key; the arithmetic is in
+:mod:`edgeinfer.vision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgeinfer.errors import ModelError
+from edgeinfer.visionspec import check_keys, choice, count, number, numbers
+
+ACTIVATIONS = ("none", "softmax", "sigmoid")
+FORMATS = ("boxes", "yolo", "ssd_anchors")
+BOX_ORDERS = ("xyxy", "yxyx", "xywh", "cxcywh")
+
+
+@dataclass(frozen=True)
+class TopKSpec:
+    """``postprocess`` of type ``topk``."""
+
+    k: int = 5
+    output: str | None = None  # None: the label rule's score output, else the first output
+    activation: str = "none"
+
+
+@dataclass(frozen=True)
+class AnchorSpec:
+    """MediaPipe ``SsdAnchorsCalculatorOptions``, as the manifest declares them."""
+
+    num_layers: int
+    strides: tuple[int, ...]
+    min_scale: float
+    max_scale: float
+    input_width: int | None = None  # None: the model input's
+    input_height: int | None = None
+    anchor_offset_x: float = 0.5
+    anchor_offset_y: float = 0.5
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    fixed_anchor_size: bool = False
+    interpolated_scale_aspect_ratio: float = 1.0
+    reduce_boxes_in_lowest_layer: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: object, where: str) -> AnchorSpec:
+        """Validate ``postprocess.anchors``; raises ModelError naming the key."""
+        names = set(cls.__dataclass_fields__)
+        doc = check_keys(doc, "postprocess.anchors", names, where)
+        name = "postprocess.anchors."
+        layers = count(doc.get("num_layers"), name + "num_layers", where, 1, 64)
+        strides = doc.get("strides")
+        if not isinstance(strides, list) or len(strides) != layers:
+            raise ModelError(
+                f"{where}: {name}strides = {strides!r}: expected {layers} strides (num_layers)"
+            )
+        optional = {k: doc[k] for k in ("input_width", "input_height") if k in doc}
+        return cls(
+            num_layers=layers,
+            strides=tuple(count(s, name + "strides", where, 1, 4096) for s in strides),
+            min_scale=number(doc.get("min_scale"), name + "min_scale", where, 0.0, 10.0),
+            max_scale=number(doc.get("max_scale"), name + "max_scale", where, 0.0, 10.0),
+            **{k: count(v, name + k, where) for k, v in optional.items()},
+            anchor_offset_x=number(
+                doc.get("anchor_offset_x", 0.5), name + "anchor_offset_x", where
+            ),
+            anchor_offset_y=number(
+                doc.get("anchor_offset_y", 0.5), name + "anchor_offset_y", where
+            ),
+            aspect_ratios=numbers(doc.get("aspect_ratios", [1.0]), name + "aspect_ratios", where),
+            fixed_anchor_size=_flag(
+                doc.get("fixed_anchor_size", False), name + "fixed_anchor_size", where
+            ),
+            interpolated_scale_aspect_ratio=number(
+                doc.get("interpolated_scale_aspect_ratio", 1.0),
+                name + "interpolated_scale_aspect_ratio",
+                where,
+            ),
+            reduce_boxes_in_lowest_layer=_flag(
+                doc.get("reduce_boxes_in_lowest_layer", False),
+                name + "reduce_boxes_in_lowest_layer",
+                where,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class DetectSpec:
+    """``postprocess`` of type ``detect``."""
+
+    format: str
+    score_min: float = 0.25
+    iou: float = 0.45
+    max_detections: int = 100
+    outputs: tuple[tuple[str, str], ...] = ()  # (role, output name): boxes, scores, classes
+    box: str = "xyxy"
+    normalized: bool = False
+    activation: str = "none"
+    anchors: AnchorSpec | None = None
+    box_scale: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+
+    def output(self, role: str) -> str | None:
+        """The output that plays ``role`` (``boxes``, ``scores``, ``classes``), if named."""
+        return dict(self.outputs).get(role)
+
+
+PostprocessSpec = TopKSpec | DetectSpec
+
+
+def postprocess_from_doc(doc: object, where: str) -> PostprocessSpec:
+    """Validate ``manifest.postprocess``; raises ModelError naming the key."""
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "topk":
+        doc = check_keys(doc, "postprocess", {"type", "k", "output", "activation"}, where)
+        output = doc.get("output")
+        if output is not None and not isinstance(output, str):
+            raise ModelError(f"{where}: postprocess.output = {output!r}: expected an output name")
+        return TopKSpec(
+            k=count(doc.get("k", 5), "postprocess.k", where, 1, 1000),
+            output=output,
+            activation=choice(
+                doc.get("activation", "none"), "postprocess.activation", ACTIVATIONS, where
+            ),
+        )
+    if kind != "detect":
+        raise ModelError(f'{where}: postprocess.type = {kind!r}: expected "topk" or "detect"')
+    return _detect(doc, where)
+
+
+def _detect(doc: object, where: str) -> DetectSpec:
+    known = {"type", "format", "score_min", "iou", "max_detections", "outputs", "box",
+             "normalized", "activation", "anchors", "box_scale"}  # fmt: skip
+    doc = check_keys(doc, "postprocess", known, where)
+    fmt = choice(doc.get("format"), "postprocess.format", FORMATS, where)
+    outputs = check_keys(
+        doc.get("outputs", {}), "postprocess.outputs", {"boxes", "scores", "classes"}, where
+    )
+    for role, name in outputs.items():
+        if not isinstance(name, str):
+            raise ModelError(
+                f"{where}: postprocess.outputs.{role} = {name!r}: expected an output name"
+            )
+    if fmt in ("boxes", "ssd_anchors") and not {"boxes", "scores"} <= set(outputs):
+        raise ModelError(
+            f"{where}: postprocess.outputs = {outputs!r}: format {fmt!r} expects the "
+            "outputs named for boxes and scores"
+        )
+    anchors = doc.get("anchors")
+    if fmt == "ssd_anchors" and anchors is None:
+        raise ModelError(
+            f"{where}: postprocess.anchors is missing: format 'ssd_anchors' expects the "
+            "anchor options (num_layers, strides, min_scale, max_scale, ...)"
+        )
+    scale = numbers(doc.get("box_scale", [1.0, 1.0, 1.0, 1.0]), "postprocess.box_scale", where)
+    if len(scale) != 4 or 0.0 in scale:
+        raise ModelError(
+            f"{where}: postprocess.box_scale = {list(scale)!r}: expected four non-zero "
+            "scales (x, y, w, h)"
+        )
+    default_activation = "sigmoid" if fmt == "ssd_anchors" else "none"
+    return DetectSpec(
+        format=fmt,
+        score_min=number(doc.get("score_min", 0.25), "postprocess.score_min", where, 0.0, 1.0),
+        iou=number(doc.get("iou", 0.45), "postprocess.iou", where, 0.0, 1.0),
+        max_detections=count(
+            doc.get("max_detections", 100), "postprocess.max_detections", where, 1, 10000
+        ),
+        outputs=tuple(sorted(outputs.items())),
+        box=choice(doc.get("box", "xyxy"), "postprocess.box", BOX_ORDERS, where),
+        normalized=_flag(
+            doc.get("normalized", fmt == "ssd_anchors"), "postprocess.normalized", where
+        ),
+        activation=choice(
+            doc.get("activation", default_activation), "postprocess.activation", ACTIVATIONS, where
+        ),
+        anchors=None if anchors is None else AnchorSpec.from_doc(anchors, where),
+        box_scale=(scale[0], scale[1], scale[2], scale[3]),
+    )
+
+
+def postprocess_to_doc(spec: PostprocessSpec) -> dict[str, Any]:
+    """The manifest's ``postprocess`` object."""
+    if isinstance(spec, TopKSpec):
+        doc: dict[str, Any] = {"type": "topk", "k": spec.k, "activation": spec.activation}
+        if spec.output is not None:
+            doc["output"] = spec.output
+        return doc
+    doc = {
+        "type": "detect", "format": spec.format, "score_min": spec.score_min, "iou": spec.iou,
+        "max_detections": spec.max_detections, "outputs": dict(spec.outputs), "box": spec.box,
+        "normalized": spec.normalized, "activation": spec.activation,
+        "box_scale": list(spec.box_scale),
+    }  # fmt: skip
+    if spec.anchors is not None:
+        a = spec.anchors
+        doc["anchors"] = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in a.__dict__.items()
+            if v is not None
+        }
+    return doc
+
+
+def _flag(value: object, name: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(f"{where}: {name} = {value!r}: expected true or false")
+    return value

@@ -1,0 +1,1 @@
+"""Camera readings: images decoded, fitted to a model, its outputs read as labels or boxes."""

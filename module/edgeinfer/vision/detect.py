@@ -1,0 +1,152 @@
+"""``postprocess: detect``: a detector's outputs into boxes in the original image's pixels.
+
+Each layout (:mod:`edgeinfer.postspec`) is first read as candidate boxes
+(``x1, y1, x2, y2`` in input pixels), scores and classes; candidates under
+``score_min`` are dropped, non-maximum suppression runs per class (greedy, by
+score: a box overlapping a better one of its class by more than ``iou`` is
+dropped), the best ``max_detections`` are kept, and the boxes are mapped back
+through the resize (stretch, letterbox or crop) to the original image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.errors import ModelError
+from edgeinfer.postspec import DetectSpec
+from edgeinfer.runtimes.base import Array, Value, float_view
+from edgeinfer.vision.anchors import ssd_anchors
+from edgeinfer.vision.preprocess import Geometry
+
+
+def activate(scores: Array, activation: str) -> Array:
+    """Scores through ``none``, ``sigmoid`` (clipped logits) or ``softmax`` (last axis)."""
+    if activation == "sigmoid":
+        sigmoid: Array = 1.0 / (1.0 + np.exp(-np.clip(scores, -100.0, 100.0)))
+        return sigmoid
+    if activation == "softmax":
+        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        softmax: Array = shifted / shifted.sum(axis=-1, keepdims=True)
+        return softmax
+    return scores
+
+
+def to_xyxy(boxes: Array, order: str) -> Array:
+    """``[N, 4]`` boxes in ``order`` (xyxy, yxyx, xywh, cxcywh) as xyxy."""
+    b = boxes.astype(np.float64)
+    if order == "yxyx":
+        return b[:, [1, 0, 3, 2]]
+    if order == "xywh":
+        return np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], axis=1)
+    if order == "cxcywh":
+        half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+        return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], 1)
+    return b
+
+
+def nms(boxes: Array, scores: Array, iou: float) -> list[int]:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = np.maximum(0, boxes[:, 2] - boxes[:, 0]) * np.maximum(0, boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    while order.size:
+        best, rest = int(order[0]), order[1:]
+        keep.append(best)
+        x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
+        y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
+        x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
+        y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
+        inter = np.maximum(0, x2 - x1) * np.maximum(0, y2 - y1)
+        union = areas[best] + areas[rest] - inter
+        overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
+        order = rest[overlap <= iou]
+    return keep
+
+
+class Detector:
+    """Reads one detector's outputs, as its manifest's ``postprocess`` declares."""
+
+    def __init__(self, spec: DetectSpec, outputs: Sequence[str], size: tuple[int, int]) -> None:
+        """``outputs``: the model's output names; ``size``: its input's (width, height)."""
+        self.spec = spec
+        for role, name in spec.outputs:
+            if name not in outputs:
+                raise ModelError(
+                    f"postprocess.outputs.{role} = {name!r}: expected one of the outputs "
+                    f"{list(outputs)}"
+                )
+        self._first = outputs[0]
+        self._size = size
+        self.anchors = None if spec.anchors is None else ssd_anchors(spec.anchors, *size)
+
+    def _array(self, outputs: Mapping[str, Value], role: str) -> Array:
+        name = self.spec.output(role) or self._first
+        value = outputs.get(name)
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"output {name!r} ({role}) is not a tensor")
+        return float_view(value).astype(np.float32, copy=False)
+
+    def candidates(self, outputs: Mapping[str, Value]) -> tuple[Array, Array, Array]:
+        """Every candidate: xyxy boxes in input pixels, scores and classes."""
+        fmt, spec = self.spec.format, self.spec
+        width, height = self._size
+        if fmt == "yolo":
+            raw = self._array(outputs, "boxes")
+            rows = raw.reshape(raw.shape[-2], raw.shape[-1])
+            if rows.shape[0] < rows.shape[1]:  # [4 + classes, N]: one column per candidate
+                rows = rows.T
+            boxes, class_scores = to_xyxy(rows[:, :4], "cxcywh"), rows[:, 4:]
+        elif fmt == "ssd_anchors":
+            boxes, class_scores = self._ssd(outputs)
+        else:
+            boxes = to_xyxy(self._array(outputs, "boxes").reshape(-1, 4), spec.box)
+            class_scores = self._array(outputs, "scores").reshape(boxes.shape[0], -1)
+        scores_all = activate(class_scores, spec.activation)
+        if fmt == "boxes" and spec.output("classes") is not None:
+            classes = self._array(outputs, "classes").reshape(-1).astype(np.int64)
+            scores = scores_all.max(axis=1)
+        else:
+            classes = scores_all.argmax(axis=1)
+            scores = scores_all[np.arange(len(classes)), classes]
+        if spec.normalized:
+            boxes = boxes * np.array([width, height, width, height], np.float64)
+        return boxes, scores.astype(np.float64), classes
+
+    def _ssd(self, outputs: Mapping[str, Value]) -> tuple[Array, Array]:
+        assert self.anchors is not None
+        raw = self._array(outputs, "boxes")
+        raw = raw.reshape(-1, raw.shape[-1])
+        logits = self._array(outputs, "scores")
+        logits = logits.reshape(raw.shape[0], -1)
+        if raw.shape[0] != len(self.anchors):
+            raise ValueError(
+                f"{raw.shape[0]} boxes for {len(self.anchors)} anchors: expected as many "
+                "(postprocess.anchors)"
+            )
+        a = self.anchors.astype(np.float64)
+        xs, ys, ws, hs = self.spec.box_scale
+        cx = raw[:, 0] / xs * a[:, 2] + a[:, 0]
+        cy = raw[:, 1] / ys * a[:, 3] + a[:, 1]
+        w = raw[:, 2] / ws * a[:, 2]
+        h = raw[:, 3] / hs * a[:, 3]
+        return to_xyxy(np.stack([cx, cy, w, h], axis=1), "cxcywh"), logits
+
+    def detect(self, outputs: Mapping[str, Value], geometry: Geometry | None) -> list[Any]:
+        """The detections of one reading, best first, boxes in original pixels."""
+        boxes, scores, classes = self.candidates(outputs)
+        spec = self.spec
+        mask = scores >= spec.score_min
+        boxes, scores, classes = boxes[mask], scores[mask], classes[mask]
+        kept: list[int] = []
+        for cls in np.unique(classes):
+            index = np.flatnonzero(classes == cls)
+            kept += [int(index[i]) for i in nms(boxes[index], scores[index], spec.iou)]
+        kept.sort(key=lambda i: -scores[i])
+        kept = kept[: spec.max_detections]
+        chosen = boxes[kept].reshape(-1, 4)
+        if geometry is not None:
+            chosen = geometry.to_original(chosen)
+        return [(chosen[n].tolist(), float(scores[i]), int(classes[i])) for n, i in enumerate(kept)]

@@ -1,0 +1,213 @@
+"""Camera readings through the module: JPEG in over a real mosquitto, labels and boxes out.
+
+Published vision models (tests/vision_support.py) on real photographs; every
+answer is checked against a reference computed with plain Pillow + numpy + the
+runtime on the same JPEG bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgeinfer.tools.broker import LocalBroker
+from tests.support import Collector, ModuleProcess, Publisher
+from tests.vision_support import (
+    FACES,
+    FD,
+    IMAGENET,
+    OCR_CLS,
+    ORIENTATION,
+    YOLO,
+    centre_crop,
+    chw,
+    decoded,
+    fdlite_anchors,
+    install,
+    iou,
+    jpeg,
+    letterbox,
+    model_file,
+    ocr_cls_model,
+    orientation_model,
+    png_bomb,
+    reference_nms,
+    rotated,
+    scenes,
+)
+
+
+def _serve(broker: LocalBroker, model: Path, tmp: Path, **env: str) -> ModuleProcess:
+    return ModuleProcess(broker.url, model, tmp, env=env).start()
+
+
+def test_classifier_top1_through_the_module_equals_plain_pillow_numpy_onnxruntime(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    model = install(orientation_model(), tmp_path, "orientation", ORIENTATION)
+    module = _serve(broker, model, tmp_path, EDGEINFER_PIPELINE_MAX_IMAGE_PIXELS="4000000")
+    images = [jpeg(img) for img, _ in rotated(scenes()[:6])]
+    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
+    pub = Publisher(broker.url)
+    for payload in images:
+        pub.send(module.topic("cam"), payload)
+    got = sink.wait_for(len(images), timeout=30)
+    assert len(got) == len(images)
+    results = sink.docs("inference")
+
+    session = ort.InferenceSession(str(model))
+    for payload, result in zip(images, results, strict=True):
+        tensor = chw(centre_crop(decoded(payload), 224, 224), bgr=True, **IMAGENET)
+        scores = session.run(None, {"x": tensor})[0][0]
+        assert result["label"] == ORIENTATION["labels"][int(scores.argmax())]
+        assert math.isclose(result["score"], float(scores.max()), abs_tol=0.02)
+        assert result["top"][0]["label"] == result["label"]
+        assert len(result["outputs"]["fetch_name_0"][0]) == 4
+
+
+def test_bad_images_are_answered_on_the_errors_topic_and_the_module_keeps_serving(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    model = install(ocr_cls_model(), tmp_path, "ocr-cls", OCR_CLS)
+    module = _serve(broker, model, tmp_path, EDGEINFER_PIPELINE_MAX_IMAGE_PIXELS="4000000")
+    good = jpeg(scenes()[0])
+    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
+    pub = Publisher(broker.url)
+    big = np.zeros((2100, 2100, 3), np.uint8)
+    for payload in (good[: len(good) // 2], png_bomb(20000), jpeg(big, 50), good):
+        pub.send(module.topic("cam"), payload)
+    sink.wait_for(4, timeout=20)
+    errors = sink.docs("/errors")
+    assert [e["error"] for e in errors] == ["bad_image", "image_too_large", "image_too_large"]
+    assert "expected a complete JPEG or PNG image" in errors[0]["reason"]
+    assert "20000x20000" in errors[1]["reason"] or "400000000 pixels" in errors[1]["reason"]
+    assert errors[2]["reason"] == (
+        "the JPEG is 2100x2100 = 4410000 pixels: expected at most 4000000 "
+        "(pipeline.max_image_pixels); refused before decoding"
+    )
+    assert [r["label"] for r in sink.docs("inference")] in (["0"], ["180"])
+    assert module.proc is not None and module.proc.poll() is None
+    assert module.metric('edgeinfer_reading_errors_total{reason="image_too_large"}') == 2
+
+
+Found = list[tuple[list[float], float, int]]
+
+
+def _face_reference(path: Path, payload: bytes) -> Found:
+    from ai_edge_litert.interpreter import Interpreter
+
+    image = decoded(payload)
+    canvas, scale, left, top = letterbox(image, 128, 0)
+    tensor = np.asarray(canvas, np.float32)[np.newaxis] / 127.5 - 1.0
+    interp = Interpreter(str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], tensor)
+    interp.invoke()
+    out = {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
+    raw, logits = out["regressors"][0].astype(np.float64), out["classificators"][0, :, 0]
+    centres = fdlite_anchors().astype(np.float64)
+    cx, cy = raw[:, 0] / 128 + centres[:, 0], raw[:, 1] / 128 + centres[:, 1]
+    w, h = raw[:, 2] / 128, raw[:, 3] / 128
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) * 128
+    scores = 1 / (1 + np.exp(-np.clip(logits.astype(np.float64), -100, 100)))
+    found = reference_nms(boxes, scores, np.zeros(len(scores), int), 0.5, 0.3)
+    return _original(found, scale, left, top, image.size)
+
+
+def _yolo_reference(path: Path, payload: bytes) -> Found:
+    image = decoded(payload)
+    canvas, scale, left, top = letterbox(image, 320, 114)
+    tensor = chw(canvas, 1 / 255, 0.0, 1.0, bgr=False)
+    rows = ort.InferenceSession(str(path)).run(None, {"images": tensor})[0][0].T
+    rows = rows.astype(np.float64)
+    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    classes = rows[:, 4:].argmax(1)
+    scores = rows[np.arange(len(rows)), 4 + classes]
+    found = reference_nms(boxes, scores, classes, 0.2, 0.45)[:50]
+    return _original(found, scale, left, top, image.size)
+
+
+def _original(
+    found: Found, scale: tuple[float, float], left: int, top: int, size: tuple[int, int]
+) -> Found:
+    """Letterboxed input pixels back to the original image's, clipped to it."""
+    out = []
+    for box, score, cls in found:
+        x1, y1, x2, y2 = (
+            (v - left) / scale[0] if n % 2 == 0 else (v - top) / scale[1] for n, v in enumerate(box)
+        )
+        clip = [
+            min(max(x1, 0), size[0]), min(max(y1, 0), size[1]),
+            min(max(x2, 0), size[0]), min(max(y2, 0), size[1]),
+        ]  # fmt: skip
+        out.append((clip, score, cls))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ssd_anchors", "yolo"])
+def test_detector_boxes_through_the_module_match_a_reference_nms(
+    kind: str, broker: LocalBroker, tmp_path: Path
+) -> None:
+    if kind == "yolo":
+        source = model_file("nudenet", "nudenet/320n.onnx")
+        manifest, reference = YOLO, _yolo_reference
+    else:
+        source = model_file(FD, "fdlite/data/face_detection_short_range.tflite")
+        manifest, reference = FACES, _face_reference
+    model = install(source, tmp_path, f"det-{kind.replace('_', '-')}", manifest)
+    module = _serve(broker, model, tmp_path)
+    images = [jpeg(img) for img in scenes()]
+    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
+    pub = Publisher(broker.url)
+    for payload in images:
+        pub.send(module.topic("cam"), payload)
+    assert len(sink.wait_for(len(images), timeout=30)) == len(images)
+    total = 0
+    for payload, result in zip(images, sink.docs("inference"), strict=True):
+        want = reference(model, payload)
+        got = result["detections"]
+        assert result["outputs"] == {}
+        assert len(got) == len(want), (got, want)
+        for found, (box, score, cls) in zip(got, want, strict=True):
+            assert iou(found["box"], box) >= 0.99, (found, box)
+            assert math.isclose(found["score"], score, abs_tol=1e-3)
+            assert found["class"] == cls
+        total += len(got)
+    assert total >= 1  # the photographs hold faces and people: something is found
+
+
+def test_the_camera_simulator_publishes_real_photographs_as_640x480_jpegs(
+    broker: LocalBroker,
+) -> None:
+    sink = Collector(broker.url, ["camtest/+/camera"])
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeinfer", "simulate", "--broker", broker.url, "--camera",
+         "--count", "3", "--rate", "0", "--devices", "2", "--topic", "camtest/{device}/camera"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"sent 3 JPEG frames to {broker.url}"
+    got = sink.wait_for(3)
+    assert [t for t, _ in got] == [f"camtest/cam{n}/camera" for n in (1, 2, 1)]
+    assert all(decoded(p).size == (640, 480) for _, p in got)
+
+
+def test_inspect_prints_the_declared_preprocess_postprocess_and_cascade(tmp_path: Path) -> None:
+    from edgeinfer.tools.modelinfo import describe
+
+    cascade = {"topic": "up/{topic}", "below": 0.8, "max_fraction": 0.25, "max_per_s": 4}
+    model = install(orientation_model(), tmp_path, "o", {**ORIENTATION, "cascade": cascade})
+    vision = dict(describe(model).vision)
+    assert vision == {
+        "preprocess": "JPEG/PNG -> BGR, centre-crop to 224x224 (bilinear), (pixel * 0.00392157 "
+        "- [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225], NCHW float32 into 'x'",
+        "postprocess": "top 2 classes (none activation), 4 labels from the manifest",
+        "cascade": "top score < 0.8 -> up/{topic}, at most 25% of readings and 4/s",
+    }
