@@ -25,10 +25,13 @@ from edgeinfer.vision.preprocess import Geometry
 def activate(scores: Array, activation: str) -> Array:
     """Scores through ``none``, ``sigmoid`` (clipped logits) or ``softmax`` (last axis)."""
     if activation == "sigmoid":
-        sigmoid: Array = 1.0 / (1.0 + np.exp(-np.clip(scores, -100.0, 100.0)))
+        # In float64: exp(100) overflows float32 (MediaPipe clips its logits at 100).
+        logits = np.clip(scores.astype(np.float64), -100.0, 100.0)
+        sigmoid: Array = 1.0 / (1.0 + np.exp(-logits))
         return sigmoid
     if activation == "softmax":
-        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        wide = scores.astype(np.float64)
+        shifted = np.exp(wide - wide.max(axis=-1, keepdims=True))
         softmax: Array = shifted / shifted.sum(axis=-1, keepdims=True)
         return softmax
     return scores
