@@ -218,7 +218,7 @@ class CascadeSpec:
             max_fraction=number(
                 doc.get("max_fraction", 1.0), "cascade.max_fraction", where, 0.0, 1.0
             ),
-            max_per_s=number(doc.get("max_per_s", 10.0), "cascade.max_per_s", where, 0.0, 1e6),
+            max_per_s=number(doc.get("max_per_s", 10.0), "cascade.max_per_s", where, 0.01, 1e6),
         )
 
     def to_doc(self) -> dict[str, Any]:

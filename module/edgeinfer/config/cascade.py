@@ -40,8 +40,10 @@ class CascadeConfig:
             raise ConfigError("cascade.below", self.below, "a score > 0, or cascade.margin > 0")
         if not 0 <= self.max_fraction <= 1:
             raise ConfigError("cascade.max_fraction", self.max_fraction, "a fraction in 0..1")
-        if not 0 <= self.max_per_s <= 1e6:
-            raise ConfigError("cascade.max_per_s", self.max_per_s, "escalations a second >= 0")
+        if not 0.01 <= self.max_per_s <= 1e6:
+            raise ConfigError(
+                "cascade.max_per_s", self.max_per_s, "escalations a second in 0.01..1e6"
+            )
 
     def spec(self) -> CascadeSpec | None:
         """The block this section declares, or None when ``topic`` is empty."""

@@ -53,6 +53,7 @@ class Reading:
     bucket: Bucket = ()
     key: Any = None  # the value of the decoder's key field (streams keyed by a payload field)
     geometry: Geometry | None = None  # an image reading's: how its pixels map to the input's
+    escalated: bool = False  # it came escalated by another module: not escalated again
 
 
 class Decoder:
@@ -169,7 +170,7 @@ class Decoder:
                 "(JPEG, PNG, .npy, .npz or JSON)",
                 rid,
             ) from exc
-        if raw.lstrip()[:1] == b"{" and b'"payload"' in raw:
+        if raw.lstrip()[:1] == b"{" and _is_envelope(raw):
             raise ReadingError(
                 "bad_payload", "an envelope inside an envelope: expected one level", rid
             )
@@ -182,6 +183,7 @@ class Decoder:
             reading,
             id=rid if rid is not None else reading.id,
             ts=ts if ts is not None else reading.ts,
+            escalated="escalation" in doc,
         )
 
     def _arrays_of(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -286,3 +288,11 @@ def _peek_id(payload: bytes) -> object:
     except orjson.JSONDecodeError:
         return None
     return doc.get("id") if isinstance(doc, dict) else None
+
+
+def _is_envelope(raw: bytes) -> bool:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False  # not JSON: the decoder says why
+    return isinstance(doc, dict) and "payload" in doc

@@ -105,12 +105,12 @@ class Responder:
         except ValueError as exc:  # a topic MQTT cannot carry: the shadow copy is skipped
             log.debug("shadow result not published on %r: %s", topic[:200], exc)
 
-    def escalate(self, topic: str, payload: bytes) -> None:
+    def escalate(self, topic: str, payload: bytes, on_done: Outcome | None = None) -> None:
         """Publish an escalated reading (QoS 1); the reading's own answer does not wait for it.
 
         Raises ValueError when MQTT cannot carry ``topic`` or ``payload``.
         """
-        self._publisher.publish(topic, payload, qos=1)
+        self._publisher.publish(topic, payload, qos=1, on_done=on_done)
 
     def error(self, message: Message, error: ReadingError) -> None:
         """Report ``message`` on the errors topic as refused for ``error``."""

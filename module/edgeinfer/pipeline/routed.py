@@ -11,7 +11,8 @@ mirror budget, and only feed the comparison and the shadow topic.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 
@@ -163,14 +164,20 @@ class RoutedAnswers:
         self, model: LoadedModel, message: Message, reading: Reading, outputs: dict[str, Value],
         now: float,
     ) -> None:  # fmt: skip
+        shown: Mapping[str, Value] = outputs
+        fields: dict[str, Any] | None = None
+        if model.vision is not None:  # its labels or boxes, as its answer would have them
+            answer = model.vision.answer(outputs, reading.geometry)
+            shown, fields = (outputs if answer.keep_outputs else {}), answer.fields
         payload = encode_result(
             message.topic,
             model.identity,
-            outputs,
+            shown,
             reading.id,
             reading.ts,
             (now - message.received) * 1000,
             model.label_rule,
+            extra=fields,
         )
         self._shadow(message.topic, payload)
 

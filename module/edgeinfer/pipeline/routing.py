@@ -205,7 +205,20 @@ class Route:
 
 
 def top1(loaded: LoadedModel, outputs: dict[str, Value]) -> tuple[str, float] | None:
-    """A reading's label and score as its result would say, or the first output's argmax."""
+    """A reading's label and score as its result would say, or the first output's argmax.
+
+    A detector's: its best detection's class, or "nothing" when it found none.
+    """
+    if loaded.vision is not None:
+        answer = loaded.vision.answer(outputs, None)
+        if answer.detections:
+            found = answer.fields["detections"]
+            if not found:
+                return "nothing", 1.0
+            best = max(found, key=lambda d: d["score"])
+            return str(best.get("label", best["class"])), float(best["score"])
+        if "label" in answer.fields:
+            return str(answer.fields["label"]), float(answer.fields["score"])
     rule = loaded.label_rule
     if rule is None and loaded.identity.labels and outputs:
         rule = LabelRule(None, next(iter(outputs)))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.decode import Reading
-from edgeinfer.pipeline.message import Message
+from edgeinfer.pipeline.message import Message, Outcome
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate
@@ -46,9 +46,10 @@ class VisionResults:
         guard_pillow(settings.max_image_pixels)
         # A plan for a model that declares no vision block, when [cascade] needs its scores.
         self._plain: tuple[LoadedModel, VisionPlan] | None = None
-        # The budget lives as long as the cascade block does: an update that keeps
-        # it keeps the budget spent so far.
-        self._cascade: tuple[CascadeSpec, TopicTemplate, Budget] | None = None
+        # A budget per cascade block, kept while the module runs: an update that keeps
+        # the block keeps what it spent, and a canary alternating between two versions
+        # with two blocks does not start either afresh at each switch.
+        self._budgets: dict[CascadeSpec, tuple[TopicTemplate, Budget]] = {}
 
     def images(self, active: LoadedModel) -> tuple[Preprocessor | None, int]:
         """What the decoder of ``active`` needs for image readings: its preprocessor, the limit."""
@@ -65,10 +66,12 @@ class VisionResults:
         answer = plan.answer(outputs, reading.geometry)
         fields = dict(answer.fields)
         rid = reading.id
-        if spec is not None and uncertain(answer.scores, spec.below, spec.margin):
+        if reading.escalated:  # answered here for the module that escalated it, not further
+            spec = None
+        if spec is not None and uncertain(answer, spec.below, spec.margin):
             rid = self._escalate(spec, active, message, reading, answer, fields)
         elif spec is not None:
-            self._budget(spec)[2].seen()
+            self._budget(spec)[1].seen()
         return (outputs if answer.keep_outputs else {}), fields, rid
 
     def _plan_for(self, active: LoadedModel) -> VisionPlan:
@@ -78,11 +81,12 @@ class VisionResults:
             self._plain = (active, VisionPlan(active.model, active.manifest, score_output))
         return self._plain[1]
 
-    def _budget(self, spec: CascadeSpec) -> tuple[CascadeSpec, TopicTemplate, Budget]:
-        if self._cascade is None or self._cascade[0] != spec:
+    def _budget(self, spec: CascadeSpec) -> tuple[TopicTemplate, Budget]:
+        found = self._budgets.get(spec)
+        if found is None:
             template = TopicTemplate.parse(spec.topic)  # validated with the manifest
-            self._cascade = (spec, template, Budget(spec.max_fraction, spec.max_per_s))
-        return self._cascade
+            found = self._budgets[spec] = (template, Budget(spec.max_fraction, spec.max_per_s))
+        return found
 
     def _escalate(
         self,
@@ -93,7 +97,7 @@ class VisionResults:
         answer: Answer,
         fields: dict[str, Any],
     ) -> Any:
-        _, template, budget = self._budget(spec)
+        template, budget = self._budget(spec)
         budget.seen()
         if not budget.take():
             self._metrics.escalations.labels("over_budget").inc()
@@ -109,11 +113,22 @@ class VisionResults:
         try:
             topic = template.render(message.topic, self._module_id)
             payload = escalation_payload(message.payload, rid, reading.ts, message.topic, source)
-            self._responder.escalate(topic, payload)
+            self._responder.escalate(topic, payload, self._counted(topic))
         except ValueError as exc:  # a topic or payload MQTT cannot carry
             self._metrics.escalations.labels("failed").inc()
             log.warning("cannot escalate the reading on %s: %s", message.topic, exc)
             return reading.id
-        self._metrics.escalations.labels("sent").inc()
         fields["escalated"] = True
         return rid
+
+    def _counted(self, topic: str) -> Outcome:
+        """Count an escalation once the broker took it (``sent``) or refused it (``failed``)."""
+
+        def outcome(refused: str | None) -> None:
+            if refused is None:
+                self._metrics.escalations.labels("sent").inc()
+                return
+            self._metrics.escalations.labels("failed").inc()
+            log.warning("the broker refused the escalation on %r: %s", topic[:200], refused)
+
+        return outcome

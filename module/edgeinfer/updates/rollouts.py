@@ -353,6 +353,17 @@ def _check_compatible(active: LoadedModel, candidate: LoadedModel) -> None:
             f"the candidate's inputs {mine} differ from the active model's {theirs}: expected "
             "the same inputs, so both can answer the same readings"
         )
+    if candidate.manifest.preprocess != active.manifest.preprocess:
+        # Image readings are decoded once, by the active model's preprocess: a candidate
+        # that would prepare them otherwise would be judged on tensors not meant for it.
+        def shown(m: LoadedModel) -> object:
+            return m.manifest.preprocess.to_doc() if m.manifest.preprocess else None
+
+        raise UpdateError(
+            f"the candidate's preprocess {shown(candidate)} differs from the active model's "
+            f"{shown(active)}: expected the same, so both answer the same prepared images "
+            "(update without a rollout to change it)"
+        )
 
 
 def _round(value: float | None) -> float | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeinfer.errors import ModelError
 from edgeinfer.postspec import DetectSpec
-from edgeinfer.runtimes.base import Array, Value, float_view
+from edgeinfer.runtimes.base import Array, TensorSpec, Value, float_view
 from edgeinfer.vision.anchors import ssd_anchors
 from edgeinfer.vision.preprocess import Geometry
 
@@ -72,9 +72,17 @@ def nms(boxes: Array, scores: Array, iou: float) -> list[int]:
 class Detector:
     """Reads one detector's outputs, as its manifest's ``postprocess`` declares."""
 
-    def __init__(self, spec: DetectSpec, outputs: Sequence[str], size: tuple[int, int]) -> None:
-        """``outputs``: the model's output names; ``size``: its input's (width, height)."""
+    def __init__(
+        self,
+        spec: DetectSpec,
+        outputs: Sequence[str],
+        size: tuple[int, int],
+        classes: int | None = None,
+    ) -> None:
+        """``outputs``: the model's output names; ``size``: its input's (width, height);
+        ``classes``: how many (the manifest's labels), which tells a YOLO output's layout."""
         self.spec = spec
+        self._classes = classes
         for role, name in spec.outputs:
             if name not in outputs:
                 raise ModelError(
@@ -99,7 +107,7 @@ class Detector:
         if fmt == "yolo":
             raw = self._array(outputs, "boxes")
             rows = raw.reshape(raw.shape[-2], raw.shape[-1])
-            if rows.shape[0] < rows.shape[1]:  # [4 + classes, N]: one column per candidate
+            if self._yolo_columns(rows.shape):  # [4 + classes, N]: one column per candidate
                 rows = rows.T
             boxes, class_scores = to_xyxy(rows[:, :4], "cxcywh"), rows[:, 4:]
         elif fmt == "ssd_anchors":
@@ -117,6 +125,34 @@ class Detector:
         if spec.normalized:
             boxes = boxes * np.array([width, height, width, height], np.float64)
         return boxes, scores.astype(np.float64), classes
+
+    def _yolo_columns(self, shape: tuple[int, ...]) -> bool:
+        """Whether candidates are columns: by the class count when the labels give it (a
+        small input can have fewer candidates than 4 + classes), else the longer axis."""
+        if self._classes is not None:
+            if shape[0] == 4 + self._classes:
+                return True
+            if shape[-1] == 4 + self._classes:
+                return False
+        return shape[0] < shape[-1]
+
+    def check(self, specs: Sequence[TensorSpec]) -> None:
+        """Refuse, at load, outputs whose fixed shapes cannot be what the spec says."""
+        shapes = {s.name: s.shape for s in specs}
+        boxes = shapes.get(self.spec.output("boxes") or self._first, ())
+        fixed = [d for d in boxes if isinstance(d, int) and d > 0]
+        if self.spec.format == "yolo" and len(boxes) not in (2, 3):
+            raise ModelError(
+                f"postprocess format 'yolo': output shaped {list(boxes)}: expected "
+                "[batch, 4 + classes, N] or [batch, N, 4 + classes]"
+            )
+        if self.anchors is not None and len(fixed) == len(boxes) >= 2:
+            count = fixed[1] if len(fixed) == 3 else fixed[0]  # [batch,] N, coordinates
+            if count != len(self.anchors):
+                raise ModelError(
+                    f"postprocess.anchors make {len(self.anchors)} anchors but the boxes output "
+                    f"{list(boxes)} holds {count}: expected as many (check the anchor options)"
+                )
 
     def _ssd(self, outputs: Mapping[str, Value]) -> tuple[Array, Array]:
         assert self.anchors is not None

@@ -54,6 +54,8 @@ def decode_image(payload: bytes, color: str, max_pixels: int) -> Image.Image:
                     f"at most {max_pixels} (pipeline.max_image_pixels); refused before decoding",
                 )
             image.load()
+            if image.mode.startswith("I"):  # 16-bit grey ("I;16", read as "I"): convert clips
+                image = image.point(lambda v: v / 257).convert("L")
             if image.mode != _MODES[color]:
                 image = image.convert(_MODES[color])
     except ReadingError:

@@ -8,7 +8,7 @@ and the model serving keeps serving.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ class Answer:
     fields: dict[str, Any]
     scores: list[float]  # best first: the top classes', or the detections'
     keep_outputs: bool  # False: the raw outputs are left out of the result (detectors)
+    detections: bool = False  # scores are the detections' (one each), not the top classes'
 
 
 class VisionPlan:
@@ -50,7 +51,10 @@ class VisionPlan:
                     "postprocess type 'detect' without preprocess: expected a preprocess "
                     "block (boxes are mapped back through its resize)"
                 )
-            self.detector = Detector(post, outputs, self.preprocessor.size)
+            self.detector = Detector(
+                post, outputs, self.preprocessor.size, len(self.labels) or None
+            )
+            self.detector.check(model.outputs)
         self._score_output = score_output or (outputs[0] if outputs else None)
         if self.topk is not None:
             if self.topk.output is not None and self.topk.output not in outputs:
@@ -69,7 +73,7 @@ class VisionPlan:
                 | ({"label": self.labels[cls]} if 0 <= cls < len(self.labels) else {})
                 for box, score, cls in found
             ]
-            return Answer({"detections": detections}, [d[1] for d in found], False)
+            return Answer({"detections": detections}, [d[1] for d in found], False, True)
         scores = self.class_scores(outputs)
         k = self.topk.k if self.topk is not None else 2
         best = np.argsort(-scores, kind="stable")[:k]
@@ -79,7 +83,9 @@ class VisionPlan:
         fields: dict[str, Any] = {}
         if self.topk is not None and top:
             fields = {"label": top[0]["label"], "score": top[0]["score"], "top": top}
-        return Answer(fields, [float(scores[i]) for i in best], True)
+        # The two best always, whatever k: the cascade's margin needs the second.
+        best_two = best if len(best) >= 2 else np.argsort(-scores, kind="stable")[:2]
+        return Answer(fields, [float(scores[i]) for i in best_two], True)
 
     def class_scores(self, outputs: Mapping[str, Value]) -> Any:
         """One reading's class scores (after the declared activation), as a flat array."""
@@ -93,8 +99,18 @@ class VisionPlan:
         return self.labels[index] if 0 <= index < len(self.labels) else index
 
 
-def uncertain(scores: Sequence[float], below: float | None, margin: float | None) -> bool:
-    """True when the best score is under ``below`` or within ``margin`` of the second."""
+def uncertain(answer: Answer, below: float | None, margin: float | None) -> bool:
+    """How sure the answer is not.
+
+    A classifier's: the best score under ``below``, or within ``margin`` of the
+    second. A detector's: a detection (above the postprocess's ``score_min``)
+    scored under ``below``; a frame with nothing found is not uncertain, and two
+    sure detections of different objects are not a close call (``margin`` is
+    the classifiers').
+    """
+    scores = answer.scores
+    if answer.detections:
+        return below is not None and any(s < below for s in scores)
     best = scores[0] if scores else 0.0
     if below is not None and best < below:
         return True

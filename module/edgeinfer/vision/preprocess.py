@@ -72,6 +72,14 @@ class Preprocessor:
             )
         self.layout = spec.layout or _layout(self.input)
         h_axis, w_axis, c_axis = (1, 2, 3) if self.layout == "NHWC" else (2, 3, 1)
+        for axis, declared, name in ((w_axis, spec.resize.width, "width"),
+                                     (h_axis, spec.resize.height, "height")):  # fmt: skip
+            fixed = _fixed(shape[axis])
+            if declared and fixed is not None and declared != fixed:
+                raise ModelError(
+                    f"preprocess.resize.{name} = {declared}: input {self.input.describe()} "
+                    f"({self.layout}) takes a {name} of {fixed}: expected {fixed} or nothing"
+                )
         self.width = spec.resize.width or _fixed(shape[w_axis])
         self.height = spec.resize.height or _fixed(shape[h_axis])
         if self.width is None or self.height is None:
