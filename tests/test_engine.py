@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -168,6 +169,31 @@ def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
     assert engine.drain(10)
     assert sum(model.batches) == 9
     assert max(model.batches) <= 3  # 0.1 s budget / 0.04 s a reading, give or take
+
+
+def test_slow_decoding_counts_in_the_batch_size_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images take milliseconds each to decode (a large PNG, a quarter second): a batch
+    of them must keep its step near the budget as a slow model's does."""
+    import edgeinfer.pipeline.engine as engine_module
+    from edgeinfer.pipeline.decode import Decoder
+
+    monkeypatch.setattr(engine_module, "STEP_BUDGET_S", 0.1)
+    decode = Decoder.decode
+
+    def slow_decode(self: Decoder, payload: bytes) -> Any:
+        time.sleep(0.02)
+        return decode(self, payload)
+
+    monkeypatch.setattr(Decoder, "decode", slow_decode)
+    model = sum_model()  # a fast model: only decoding is slow
+    engine, _ = engine_for(model, FakePublisher(), max_batch=32, row_seconds=1e-5)
+    for i in range(40):
+        engine.submit(Acks().message("s", reading(i)))
+    serve(engine)
+    assert engine.drain(10)
+    assert sum(model.batches) == 40
+    assert model.batches[0] == 32  # nothing known of decoding yet
+    assert max(model.batches[1:]) <= 6  # then 0.1 s / 0.02 s a reading, give or take
 
 
 def test_a_reading_of_the_wrong_shape_gets_its_own_error_and_its_batch_mates_their_results() -> (

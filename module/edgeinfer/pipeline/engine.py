@@ -108,6 +108,7 @@ class Engine:
         self._full_since: float | None = None
         self._full_lock = threading.Lock()  # submit may come from HTTP threads
         self._row_seconds = 0.0  # a run's time per row, smoothed
+        self._decode_seconds = 0.0  # decoding's per reading, smoothed (images: milliseconds)
         self._journal: Journal | None = None
         self._windowed: WindowedAnswers | None = None
         self._routed: RoutedAnswers | None = None  # a rollout's candidate, while one runs
@@ -293,7 +294,8 @@ class Engine:
     def _batch_limit(self) -> int:
         if self._row_seconds <= 0:
             return self._max_batch  # not timed yet (admission times every model it serves)
-        return max(1, min(self._max_batch, int(STEP_BUDGET_S / self._row_seconds)))
+        per_reading = self._row_seconds + self._decode_seconds  # a batch is decoded, then run
+        return max(1, min(self._max_batch, int(STEP_BUDGET_S / per_reading)))
 
     def _take_pending(self) -> None:
         with self._swap_lock:
@@ -368,6 +370,7 @@ class Engine:
             self._observe_outcome(active, count, stats)
             return
         decoded: list[tuple[Message, Reading]] = []
+        began = time.perf_counter()
         for message in batch:
             try:
                 decoded.append((message, self._decoder.decode(message.payload)))
@@ -378,6 +381,10 @@ class Engine:
                 log.exception("unexpected failure decoding a reading on %s", message.topic)
                 answered.add(id(message))
                 self._responder.error(message, ReadingError.internal())
+        took = (time.perf_counter() - began) / max(1, len(batch))
+        self._decode_seconds = (
+            took if not self._decode_seconds else (0.8 * self._decode_seconds + 0.2 * took)
+        )
         if not decoded:
             return
         if self._routed is not None:
