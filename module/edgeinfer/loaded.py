@@ -17,6 +17,7 @@ from edgeinfer.runtimes.base import Model
 from edgeinfer.runtimes.labels import LabelRule
 from edgeinfer.streamplan import StreamPlan
 from edgeinfer.vision.plan import VisionPlan
+from edgeinfer.vision.tflite_metadata import with_metadata_defaults
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +72,9 @@ def load(
     """Load ``path`` with ``manifest`` (default: the one beside it); raises ModelError.
 
     The manifest's ``batch_axes``, ``label_output`` and ``score_output`` must
-    name the model's inputs and outputs.
+    name the model's inputs and outputs. What the manifest leaves out of
+    ``preprocess`` (colour, normalisation) and ``labels`` comes from a TFLite
+    model's metadata when it carries some.
     """
     manifest = manifest if manifest is not None else load_manifest(path)
     model = load_model(path, threads, providers, manifest.quantized_io)
@@ -79,7 +82,9 @@ def load(
         _check_names(model, manifest)
         # Hashed here, not taken from the manifest: what is reported must be
         # the bytes actually loaded.
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        manifest, _ = with_metadata_defaults(manifest, data, model.inputs)
         axes = infer_batch_axes(model.inputs, model.outputs, manifest.batch_axes)
         rule = LabelRule.find(
             model.outputs, manifest.labels, manifest.label_output, manifest.score_output

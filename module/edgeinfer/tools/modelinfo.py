@@ -97,7 +97,7 @@ def describe(path: Path, sample: Path | None = None) -> ModelInfo:
     model, fmt = open_model(path)
     try:
         batching, label = _behaviour(model, path, sample)
-        vision = tuple(vision_lines(model, load_manifest(path)))
+        vision = tuple(vision_lines(model, load_manifest(path), path.read_bytes()))
     except BaseException:
         model.close()
         raise

@@ -9,6 +9,9 @@ from edgeinfer.postspec import DetectSpec, TopKSpec
 from edgeinfer.runtimes.base import Model
 from edgeinfer.vision.plan import VisionPlan
 from edgeinfer.vision.preprocess import Preprocessor
+from edgeinfer.vision.tflite_metadata import with_metadata_defaults
+
+_META = " (from TFLite metadata)"
 
 
 def _numbers(values: tuple[float, ...]) -> str:
@@ -16,20 +19,23 @@ def _numbers(values: tuple[float, ...]) -> str:
     return shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
 
 
-def _preprocess(pre: Preprocessor) -> str:
+def _preprocess(pre: Preprocessor, meta: frozenset[str]) -> str:
     spec, (width, height) = pre.spec, pre.size
+    color = spec.color + (_META if "color" in meta else "")
+    norm = _META if "normalize" in meta else ""
     resize = {"stretch": "stretch to", "fit": "letterbox into", "crop": "centre-crop to"}
     pad = f", pad {spec.resize.pad}" if spec.resize.mode == "fit" else ""
     return (
-        f"JPEG/PNG -> {spec.color}, {resize[spec.resize.mode]} {width}x{height} "
+        f"JPEG/PNG -> {color}, {resize[spec.resize.mode]} {width}x{height} "
         f"({spec.resize.interpolation}{pad}), (pixel * {spec.scale:g} - {_numbers(spec.mean)}) "
-        f"/ {_numbers(spec.std)}, {pre.layout} {pre.dtype} into {pre.input.name!r}"
+        f"/ {_numbers(spec.std)}{norm}, {pre.layout} {pre.dtype} into {pre.input.name!r}"
     )
 
 
-def _postprocess(plan: VisionPlan, manifest: Manifest) -> str:
+def _postprocess(plan: VisionPlan, manifest: Manifest, meta: frozenset[str]) -> str:
     post = manifest.postprocess
-    labels = f"{len(manifest.labels)} labels from the manifest" if manifest.labels else "no labels"
+    where = "TFLite metadata" if "labels" in meta else "manifest"
+    labels = f"{len(manifest.labels)} labels from the {where}" if manifest.labels else "no labels"
     if isinstance(post, TopKSpec):
         return f"top {post.k} classes ({post.activation} activation), {labels}"
     assert isinstance(post, DetectSpec)
@@ -43,19 +49,23 @@ def _postprocess(plan: VisionPlan, manifest: Manifest) -> str:
     )
 
 
-def vision_lines(model: Model, manifest: Manifest) -> list[tuple[str, str]]:
-    """``(heading, text)`` pairs for the declared blocks; empty when none is declared."""
+def vision_lines(model: Model, manifest: Manifest, data: bytes = b"") -> list[tuple[str, str]]:
+    """``(heading, text)`` pairs for the declared blocks; empty when none is declared.
+
+    ``data``, the model file's bytes, for the defaults of its TFLite metadata.
+    """
     if not (manifest.preprocess or manifest.postprocess or manifest.cascade):
         return []
     try:
+        manifest, meta = with_metadata_defaults(manifest, data, model.inputs)
         plan = VisionPlan(model, manifest, manifest.score_output)
     except ModelError as exc:
         return [("vision", f"refused: {exc}")]
     lines = []
     if plan.preprocessor is not None:
-        lines.append(("preprocess", _preprocess(plan.preprocessor)))
+        lines.append(("preprocess", _preprocess(plan.preprocessor, meta)))
     if manifest.postprocess is not None:
-        lines.append(("postprocess", _postprocess(plan, manifest)))
+        lines.append(("postprocess", _postprocess(plan, manifest, meta)))
     cascade = manifest.cascade
     if cascade is not None:
         when = []
