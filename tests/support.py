@@ -185,6 +185,21 @@ class ModuleProcess(ModuleLauncher):
         return current
 
 
+def off_loopback(
+    broker_url: str, model: Path, tmp: Path, token: str | None = None
+) -> ModuleProcess:
+    """A started module listening on every address (0.0.0.0: not a loopback one), with
+    ``token`` in its ``http.token_file`` when given (a trailing newline, as editors leave)."""
+    env = {}
+    if token is not None:
+        path = tmp / unique("token")
+        path.write_text(token + "\n")
+        env["EDGEINFER_HTTP_TOKEN_FILE"] = str(path)
+    module = ModuleProcess(broker_url, model, tmp, env=env)
+    module.env["EDGEINFER_HTTP_LISTEN"] = f"0.0.0.0:{module.http_port}"
+    return module.start()
+
+
 def on_terminal(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> tuple[int, str, str]:

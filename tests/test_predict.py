@@ -16,7 +16,7 @@ from edgeinfer.observability.http import HealthServer, Operator
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
-from tests.support import ONNX_MODEL, Collector, ModuleProcess, Publisher
+from tests.support import ONNX_MODEL, Collector, ModuleProcess, Publisher, off_loopback
 
 STREAM_MODEL = ONNX_MODEL.parent.parent / "stream" / "model.onnx"
 TOKEN = "s3cret-token-0123456789"
@@ -44,11 +44,13 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[in
         conn.close()
 
 
-def read_all(sock: socket.socket) -> str:
-    """Everything the server sends until it closes the connection."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
+def exchange(port: int, request: bytes) -> str:
+    """Send ``request`` as it is; everything the server sends until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
     return b"".join(chunks).decode()
 
 
@@ -103,21 +105,19 @@ def test_an_oversize_body_is_refused_before_it_is_read(broker: LocalBroker, tmp_
     module = ModuleProcess(
         broker.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_PIPELINE_MAX_PAYLOAD_BYTES": "4096"}
     ).start()
-    with socket.create_connection(("127.0.0.1", module.http_port), timeout=5) as sock:
-        # Headers only: a server that waited for the 50 MB would never answer.
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 50000000\r\n\r\n"
-        )
-        answer = read_all(sock)
+    # Headers only: a server that waited for the 50 MB would never answer.
+    answer = exchange(
+        module.http_port,
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n\r\n",
+    )
     assert answer.startswith("HTTP/1.1 413"), answer
     assert '"error":"oversize"' in answer
     assert "expected at most 4096" in answer
-    with socket.create_connection(("127.0.0.1", module.http_port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
-        answer = read_all(sock)
+    answer = exchange(
+        module.http_port,
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
     assert answer.startswith("HTTP/1.1 411"), answer  # no size said: not read either
     assert module.wait_ready() >= 0  # still serving
 
@@ -133,9 +133,7 @@ def test_a_windowed_model_is_refused_with_409(broker: LocalBroker, tmp_path: Pat
 def test_off_loopback_the_page_and_predict_need_the_token_and_never_log_it(
     broker: LocalBroker, tmp_path: Path, recordings: Recordings
 ) -> None:
-    closed = ModuleProcess(broker.url, ONNX_MODEL, tmp_path)
-    closed.env["EDGEINFER_HTTP_LISTEN"] = f"0.0.0.0:{closed.http_port}"
-    closed.start()
+    closed = off_loopback(broker.url, ONNX_MODEL, tmp_path)
     for path in ("/", "/api/status"):
         status, body = get(closed.http_port, path)
         assert status == 403, path
@@ -144,13 +142,7 @@ def test_off_loopback_the_page_and_predict_need_the_token_and_never_log_it(
     assert get(closed.http_port, "/metrics")[0] == 200
     assert get(closed.http_port, "/readyz")[0] == 200
 
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    guarded = ModuleProcess(
-        broker.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_HTTP_TOKEN_FILE": str(token_file)}
-    )
-    guarded.env["EDGEINFER_HTTP_LISTEN"] = f"0.0.0.0:{guarded.http_port}"
-    guarded.start()
+    guarded = off_loopback(broker.url, ONNX_MODEL, tmp_path, token=TOKEN)
     window = recordings.windows[0].astype(np.float32)
     reading = orjson.dumps({"features": window.tolist()})
     status, doc = post(guarded.http_port, reading)
@@ -209,20 +201,13 @@ def test_a_refused_body_is_never_taken_for_the_next_request(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
     """A 401's unread body, on a keep-alive connection, must not be parsed as a request."""
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    module = ModuleProcess(
-        broker.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_HTTP_TOKEN_FILE": str(token_file)}
-    )
-    module.env["EDGEINFER_HTTP_LISTEN"] = f"0.0.0.0:{module.http_port}"
-    module.start()
+    module = off_loopback(broker.url, ONNX_MODEL, tmp_path, token=TOKEN)
     smuggled = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", module.http_port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
-            + smuggled
-        )
-        answer = read_all(sock)
+    answer = exchange(
+        module.http_port,
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+        + smuggled,
+    )
     assert answer.startswith("HTTP/1.1 401"), answer
     assert "edgeinfer_messages_received" not in answer  # /metrics was not answered
     assert answer.count("HTTP/1.1 ") == 1
@@ -235,12 +220,11 @@ def test_expect_100_continue_gets_the_refusal_instead_of_a_go_ahead(
     module = ModuleProcess(
         broker.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_PIPELINE_MAX_PAYLOAD_BYTES": "4096"}
     ).start()
-    with socket.create_connection(("127.0.0.1", module.http_port), timeout=5) as sock:
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n"
-            b"Expect: 100-continue\r\n\r\n"
-        )
-        answer = read_all(sock)
+    answer = exchange(
+        module.http_port,
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n"
+        b"Expect: 100-continue\r\n\r\n",
+    )
     assert answer.startswith("HTTP/1.1 413"), answer
     assert "100 Continue" not in answer
 

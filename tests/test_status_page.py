@@ -18,7 +18,7 @@ from pathlib import Path
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from tests.browser import Browser, open_browser
-from tests.support import ONNX_MODEL, ModuleProcess, Publisher
+from tests.support import ONNX_MODEL, ModuleProcess, Publisher, off_loopback
 from tests.updates_support import (
     HAR_LABELS,
     HAR_SELF_TEST,
@@ -131,13 +131,7 @@ def test_the_status_page_follows_the_module_through_an_outage_load_and_a_deploy(
 def test_off_loopback_the_page_asks_for_the_token_and_then_shows(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    module = ModuleProcess(
-        broker.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_HTTP_TOKEN_FILE": str(token_file)}
-    )
-    module.env["EDGEINFER_HTTP_LISTEN"] = f"0.0.0.0:{module.http_port}"
-    module.start()
+    module = off_loopback(broker.url, ONNX_MODEL, tmp_path, token=TOKEN)
     with open_browser(name="status-page-token") as browser:
         browser.goto(f"http://127.0.0.1:{module.http_port}/")
         field = browser.driver.find_element("id", "token")
