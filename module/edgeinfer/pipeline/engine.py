@@ -218,11 +218,12 @@ class Engine:
         # before this thread gets on, when the reading comes from another (HTTP) thread.
         self._idle.clear()
         self._queue.put(message, message.received)
-        with self._full_lock:
-            if self._full_since is None and self._queue.full:
-                # The transport stops reading until there is room again.
-                self._full_since = time.perf_counter()
-                self._metrics.backpressure_waits.inc()
+        if self._full_since is None and self._queue.full:  # the lock only when it may be
+            with self._full_lock:
+                if self._full_since is None and self._queue.full:
+                    # The transport stops reading until there is room again.
+                    self._full_since = time.perf_counter()
+                    self._metrics.backpressure_waits.inc()
         loop = self._loop
         if loop is not None and not loop.on_loop_thread():
             loop.wake()
@@ -284,10 +285,12 @@ class Engine:
             self._answer_safely(batch)
         elif self._windowed is not None:
             self._work_windows(self._windowed)
-        with self._full_lock:
-            if self._full_since is not None and not self._queue.full:
-                self._metrics.backpressure_seconds.inc(time.perf_counter() - self._full_since)
-                self._full_since = None
+        if self._full_since is not None:
+            with self._full_lock:
+                if self._full_since is not None and not self._queue.full:
+                    seconds = time.perf_counter() - self._full_since
+                    self._metrics.backpressure_seconds.inc(seconds)
+                    self._full_since = None
         if self._queue.depth == 0:
             self._idle.set()
 
