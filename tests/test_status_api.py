@@ -10,7 +10,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from edgeinfer.observability.status import StatusBoard, quantile, read_registry
+from edgeinfer.observability.samples import read_registry
+from edgeinfer.observability.status import StatusBoard, quantile
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from tests.support import ONNX_MODEL, ModuleProcess

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from edgeinfer.observability.metrics import Metrics
+from edgeinfer.observability.samples import buckets, by_label, read_registry, value
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,12 @@ class HealthPublisher:
         }
 
     def _totals(self) -> dict[str, Any]:
-        registry = self._metrics.registry
-        readings = registry.get_sample_value("edgeinfer_messages_received_total") or 0.0
-        errors = 0.0
-        buckets: dict[float, float] = {}
-        for family in registry.collect():
-            for sample in family.samples:
-                if sample.name == "edgeinfer_reading_errors_total":
-                    errors += sample.value
-                elif sample.name == "edgeinfer_end_to_end_seconds_bucket":
-                    buckets[float(sample.labels["le"])] = sample.value
-        return {"readings": readings, "errors": errors, "buckets": buckets}
+        flat = read_registry(self._metrics.registry)
+        return {
+            "readings": value(flat, "edgeinfer_messages_received_total"),
+            "errors": sum(by_label(flat, "edgeinfer_reading_errors_total", "reason").values()),
+            "buckets": dict(buckets(flat, "edgeinfer_end_to_end_seconds_bucket")),
+        }
 
 
 def _quantile_ms(buckets: list[tuple[float, float]], q: float) -> float | None:

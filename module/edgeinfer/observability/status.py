@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from edgeinfer.observability.samples import Flat, buckets, by_label, read_registry, value
+
 #: Seconds between samples, and how many are kept (ten minutes).
 SAMPLE_S = 1.0
 KEEP = 600
@@ -28,35 +30,6 @@ KEEP = 600
 QUANTILE_SPAN = 5
 #: Update steps kept for the timeline.
 HISTORY = 100
-
-Flat = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def read_registry(registry: CollectorRegistry) -> Flat:
-    """Every sample of ``registry`` by (name, sorted labels): one collection, not one per read."""
-    flat: Flat = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            flat[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return flat
-
-
-def _value(flat: Flat, name: str, **labels: str) -> float:
-    return flat.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def _by_label(flat: Flat, name: str, label: str) -> dict[str, float]:
-    return {
-        dict(labels)[label]: value
-        for (sample, labels), value in flat.items()
-        if sample == name and label in dict(labels)
-    }
-
-
-def _buckets(flat: Flat, name: str) -> list[tuple[float, float]]:
-    """A histogram's cumulative buckets as (upper bound, count), in order."""
-    found = [(float(bound), value) for bound, value in _by_label(flat, name, "le").items()]
-    return sorted(found)
 
 
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -136,11 +109,11 @@ class StatusBoard:
         doc = self._describe()
         doc["totals"] = _totals(flat)
         doc["queue"] = {
-            "depth": _value(flat, "edgeinfer_queue_depth"),
-            "capacity": _value(flat, "edgeinfer_queue_capacity"),
-            "unacked": _value(flat, "edgeinfer_unacked_readings"),
-            "backpressure_waits": _value(flat, "edgeinfer_backpressure_waits_total"),
-            "backpressure_seconds": round(_value(flat, "edgeinfer_backpressure_seconds_total"), 3),
+            "depth": value(flat, "edgeinfer_queue_depth"),
+            "capacity": value(flat, "edgeinfer_queue_capacity"),
+            "unacked": value(flat, "edgeinfer_unacked_readings"),
+            "backpressure_waits": value(flat, "edgeinfer_backpressure_waits_total"),
+            "backpressure_seconds": round(value(flat, "edgeinfer_backpressure_seconds_total"), 3),
         }
         doc["history"] = history
         doc["series"] = _series(points)
@@ -154,24 +127,24 @@ class StatusBoard:
 
 
 def _totals(flat: Flat) -> dict[str, Any]:
-    count = _value(flat, "edgeinfer_batch_size_count")
+    count = value(flat, "edgeinfer_batch_size_count")
     return {
-        "readings": _value(flat, "edgeinfer_messages_received_total"),
-        "results": _value(flat, "edgeinfer_results_published_total"),
-        "errors": _by_label(flat, "edgeinfer_reading_errors_total", "reason"),
-        "publish_refused": _by_label(flat, "edgeinfer_publish_refused_total", "reason"),
-        "predictions": _by_label(flat, "edgeinfer_http_predictions_total", "status"),
+        "readings": value(flat, "edgeinfer_messages_received_total"),
+        "results": value(flat, "edgeinfer_results_published_total"),
+        "errors": by_label(flat, "edgeinfer_reading_errors_total", "reason"),
+        "publish_refused": by_label(flat, "edgeinfer_publish_refused_total", "reason"),
+        "predictions": by_label(flat, "edgeinfer_http_predictions_total", "status"),
         "batches": count,
-        "mean_batch": round(_value(flat, "edgeinfer_batch_size_sum") / count, 2) if count else None,
+        "mean_batch": round(value(flat, "edgeinfer_batch_size_sum") / count, 2) if count else None,
     }
 
 
 def _figures(flat: Flat, now: float, before: list[tuple[float, Flat]]) -> dict[str, Any]:
     """The figures of a sample taken at ``now``, from its counters and the samples before it."""
     figures: dict[str, Any] = {
-        "queue_depth": _value(flat, "edgeinfer_queue_depth"),
-        "unacked": _value(flat, "edgeinfer_unacked_readings"),
-        "connected": _value(flat, "edgeinfer_broker_connected"),
+        "queue_depth": value(flat, "edgeinfer_queue_depth"),
+        "unacked": value(flat, "edgeinfer_unacked_readings"),
+        "connected": value(flat, "edgeinfer_broker_connected"),
     }
     if not before:
         return figures  # rates need a sample before
@@ -179,17 +152,17 @@ def _figures(flat: Flat, now: float, before: list[tuple[float, Flat]]) -> dict[s
     figures.update(_rates(flat, last, max(1e-3, now - last_t)))
     e2e = _delta_buckets(flat, before[0][1], "edgeinfer_end_to_end_seconds_bucket")
     for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
-        value = quantile(q, e2e)
-        figures[name] = None if value is None else round(value * 1000, 3)
+        seconds = quantile(q, e2e)
+        figures[name] = None if seconds is None else round(seconds * 1000, 3)
     return figures
 
 
 def _rates(flat: Flat, before: Flat, dt: float) -> dict[str, Any]:
     def per_s(name: str) -> float:
-        return round(max(0.0, _value(flat, name) - _value(before, name)) / dt, 2)
+        return round(max(0.0, value(flat, name) - value(before, name)) / dt, 2)
 
-    errors_now = _by_label(flat, "edgeinfer_reading_errors_total", "reason")
-    errors_then = _by_label(before, "edgeinfer_reading_errors_total", "reason")
+    errors_now = by_label(flat, "edgeinfer_reading_errors_total", "reason")
+    errors_then = by_label(before, "edgeinfer_reading_errors_total", "reason")
     return {
         "readings_per_s": per_s("edgeinfer_messages_received_total"),
         "results_per_s": per_s("edgeinfer_results_published_total"),
@@ -202,8 +175,8 @@ def _rates(flat: Flat, before: Flat, dt: float) -> dict[str, Any]:
 
 
 def _delta_buckets(flat: Flat, before: Flat, name: str) -> list[tuple[float, float]]:
-    then = dict(_buckets(before, name))
-    return [(bound, count - then.get(bound, 0.0)) for bound, count in _buckets(flat, name)]
+    then = dict(buckets(before, name))
+    return [(bound, count - then.get(bound, 0.0)) for bound, count in buckets(flat, name)]
 
 
 def _series(points: Iterable[Point]) -> dict[str, Any]:
