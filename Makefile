@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test browser-deps check bench models clean
+.PHONY: demo test browser-deps check docs bench models clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ test: $(BIN)/.installed browser-deps ## the whole suite, against a mosquitto it 
 		command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install mosquitto openssl systemd)"; exit 1; }; \
 	done
 	$(BIN)/python -m pytest
+	@$(MAKE) --no-print-directory docs
 
 browser-deps:                    ## Debian's chromium and chromedriver, for the browser tests
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
@@ -36,6 +37,10 @@ check: $(BIN)/.installed         ## lint, format, type and layering checks
 	$(BIN)/ruff format --check module tests benchmarks models
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@$(MAKE) --no-print-directory docs
+
+docs: $(BIN)/.installed          ## the documentation site (docs/, mkdocs.yml) into .site/, --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(BIN)/.installed         ## pipeline (pass-through vs naive vs edgeinfer), then updates
 	$(BIN)/python benchmarks/bench_pipeline.py
@@ -46,4 +51,4 @@ models:                          ## retrain the sample models (needs the heavy '
 	$(BIN)/python models/build_models.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache module/*.egg-info
+	rm -rf $(VENV) .site .pytest_cache .mypy_cache .ruff_cache module/*.egg-info
