@@ -10,6 +10,8 @@ from edgeinfer.errors import ConfigError
 
 #: A bearer token shorter than this is refused (it would be guessed).
 MIN_TOKEN_CHARS = 16
+#: The longest ``body_timeout_s`` taken: a body slower than five minutes is no reading.
+MAX_BODY_TIMEOUT_S = 300.0
 
 
 def _usable(token: str) -> bool:
@@ -30,6 +32,20 @@ class HttpConfig:
     token: str = field(default="", repr=False)
     token_file: str = ""
     predict_concurrency: int = 4
+    #: A ``/predict`` body must have arrived whole this many seconds after its headers, or
+    #: the request is answered 408 and its connection closed. 1 MB over a 1 Mbit/s uplink
+    #: takes 8 s; a client holding a body open for longer is stalling, not sending.
+    body_timeout_s: float = 10.0
+    #: Connections whose ``/predict`` body is still on its way, at most; more are answered
+    #: 503 (``Retry-After: 1``) and closed. They hold a thread and up to
+    #: ``pipeline.max_payload_bytes`` each, and no ``predict_concurrency`` slot.
+    max_pending_bodies: int = 16
+    #: The listen queue: connects the kernel completes before the server accepts them. The
+    #: standard library's 5 overflows under a burst, and a dropped SYN waits 1 s to be sent
+    #: again (past Kubernetes' default probe timeout); 128 still dropped one of 200
+    #: back-to-back connects. 511 is nginx's default on Linux; the kernel caps it at
+    #: net.core.somaxconn.
+    listen_backlog: int = 511
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -57,6 +73,24 @@ class HttpConfig:
             "http.predict_concurrency",
             self.predict_concurrency,
             "an integer in [1, 256]",
+        )
+        _require(
+            0 < self.body_timeout_s <= MAX_BODY_TIMEOUT_S,
+            "http.body_timeout_s",
+            self.body_timeout_s,
+            f"a number of seconds in (0, {MAX_BODY_TIMEOUT_S:g}]",
+        )
+        _require(
+            1 <= self.max_pending_bodies <= 1024,
+            "http.max_pending_bodies",
+            self.max_pending_bodies,
+            "an integer in [1, 1024]",
+        )
+        _require(
+            1 <= self.listen_backlog <= 65535,
+            "http.listen_backlog",
+            self.listen_backlog,
+            "an integer in [1, 65535] (the kernel caps it at net.core.somaxconn)",
         )
 
     @property

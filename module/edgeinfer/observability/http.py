@@ -5,13 +5,18 @@ probes carry no token). The status page (``/``), its data (``/api/status``)
 and ``/predict`` answer only the bearer token when one is configured, and
 stay closed (403, saying why) when the address is not a loopback one and no
 token is. A request to ``/predict`` is refused before its body is read when it
-is too large, and when ``max_concurrent`` others are being answered.
+is too large. Its body must arrive whole within ``body_timeout_s`` (else 408);
+a body still on its way after a moment waits in one of ``max_pending_bodies``
+places (beyond them: 503), and only a request whose body has arrived takes one
+of the ``max_concurrent`` places to be answered (beyond them: 429). So clients
+that send headers and hold their body back cannot shut ``/predict`` out.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import select
 import socket
 import threading
 import time
@@ -32,9 +37,16 @@ log = logging.getLogger(__name__)
 Readiness = Callable[[], tuple[bool, str]]
 #: Answers a posted reading (body, topic) with (HTTP status, JSON document).
 Predict = Callable[[bytes, str | None], tuple[int, bytes]]
-#: A slow client's request is dropped after this many seconds of silence; a posted body
-#: must have arrived whole within this many seconds.
+#: A slow client's request is dropped after this many seconds of silence (a posted body
+#: has its own, shorter deadline: ``Operator.body_timeout_s``).
 CLIENT_TIMEOUT_S = 30.0
+#: A body not whole this long after its headers is a slow one: it waits in one of the
+#: ``max_pending_bodies`` places. A body sent with its headers (what clients do with a
+#: reading's few KB) is whole by then and waits for nothing, even while those are full.
+BODY_GRACE_S = 0.2
+#: The listen queue's length unless told (``http.listen_backlog``): the standard library's 5
+#: overflows under a burst of connects, and each dropped SYN waits 1 s to be sent again.
+LISTEN_BACKLOG = 511
 #: A refused body still on its way is read and dropped for at most this long and this much,
 #: so that the client reads the refusal instead of a reset connection.
 LINGER_S = 1.0
@@ -53,7 +65,9 @@ class Operator:
     token: str | None = field(default=None, repr=False)  # the bearer token; None: none set
     open_without_token: bool = True  # a loopback address: no token needed when none is set
     max_body: int = 1_048_576
-    max_concurrent: int = 4
+    max_concurrent: int = 4  # http.predict_concurrency
+    body_timeout_s: float = 10.0  # http.body_timeout_s
+    max_pending_bodies: int = 16  # http.max_pending_bodies
     counted: Callable[[int], None] = lambda status: None  # each /predict answer's status
 
 
@@ -67,10 +81,11 @@ class HealthServer:
         registry: CollectorRegistry,
         readiness: Readiness,
         operator: Operator | None = None,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
         handler = _make_handler(registry, readiness, operator)
         try:
-            self._server = _Server((host, port), handler)
+            self._server = _Server((host, port), handler, backlog)
         except OSError as exc:
             from edgeinfer.errors import ConfigError
 
@@ -95,6 +110,13 @@ class HealthServer:
 
 
 class _Server(ThreadingHTTPServer):
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], backlog: int
+    ) -> None:
+        # Read by server_activate, inside the base __init__: set before it runs.
+        self.request_queue_size = backlog
+        super().__init__(address, handler)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Through the log (one JSON object a line), not a traceback on stderr.
         log.warning("HTTP request from %s failed", client_address[0], exc_info=True)
@@ -114,7 +136,12 @@ def _make_handler(
     Handler.readiness = staticmethod(readiness)
     Handler.operator = operator
     Handler.busy = threading.BoundedSemaphore(operator.max_concurrent if operator else 1)
+    Handler.pending = threading.BoundedSemaphore(operator.max_pending_bodies if operator else 1)
     return Handler
+
+
+class _Refused(Exception):  # noqa: N818 (a refusal sent, not an error)
+    """The body was not read, and the refusal has been sent."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -123,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     readiness: Readiness
     operator: Operator | None
-    busy: threading.BoundedSemaphore
+    busy: threading.BoundedSemaphore  # places for requests being answered
+    pending: threading.BoundedSemaphore  # places for slow bodies still on their way
     timeout = CLIENT_TIMEOUT_S
     protocol_version = "HTTP/1.1"  # keep-alive: the page polls every second
     _body_read = True  # False while a request's declared body is unread
@@ -188,16 +216,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         operator = self.operator
         assert operator is not None and operator.predict is not None
+        try:
+            body = self._receive(operator, int(self.headers["Content-Length"]))
+        except _Refused:
+            return
+        # Only now, with the body here, may the request take a place to be answered: one
+        # whose body is still coming would hold it for as long as its sender likes.
         if not self.busy.acquire(blocking=False):
             reason = f"{operator.max_concurrent} readings are being answered: retry shortly"
             self._answer_post(429, _error("busy", reason), retry_after=1)
             return
         try:
-            body = self._read_body(int(self.headers["Content-Length"]))
-            if body is None:
-                reason = f"the body did not arrive within {CLIENT_TIMEOUT_S:g} s"
-                self._answer_post(408, _error("timeout", reason))
-                return
             topic = parse_qs(urlsplit(self.path).query).get("topic", [None])[0]
             status, answer = operator.predict(body, topic)
         finally:
@@ -225,25 +254,84 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
-    def _read_body(self, length: int) -> bytes | None:
-        """The body, or None when it did not arrive whole within CLIENT_TIMEOUT_S."""
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    def _receive(self, operator: Operator, length: int) -> bytes:
+        """The whole body, read within ``body_timeout_s``; a body still coming after
+        :data:`BODY_GRACE_S` waits in a ``pending`` place or is refused (503).
+
+        Raises:
+            _Refused: the body was not read (too slow, no place to wait, or the client
+                left); what there was to answer has been sent.
+        """
         chunks: list[bytes] = []
-        left = length
+        # Non-blocking reads from the buffered file (what came with the headers first),
+        # poll() for the rest: after a socket timeout the file would be unreadable.
+        self.connection.setblocking(False)
         try:
-            while left > 0:
-                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = self.rfile.read1(min(left, 65536))
-                if not chunk:
-                    return None
-                chunks.append(chunk)
-                left -= len(chunk)
-        except (TimeoutError, OSError):
-            return None
+            outcome = self._read_within(operator, length, chunks)
+        except OSError:  # reset by the client
+            outcome = "gone"
         finally:
-            self.connection.settimeout(self.timeout)
+            self.connection.settimeout(self.timeout)  # blocking again, to answer
+        if outcome == "gone":  # nobody left to answer
+            self.close_connection = True
+            raise _Refused
+        if outcome == "no_place":
+            # 503, as nginx's limit_conn answers a connection over its limit: the server
+            # is out of room, not this client over a rate (429). The unread body closes it.
+            reason = (
+                f"{operator.max_pending_bodies} connections are already sending a body "
+                "(http.max_pending_bodies): retry shortly"
+            )
+            self._answer_post(503, _error("busy", reason), retry_after=1)
+            raise _Refused
+        if outcome == "too_slow":
+            # 408, as nginx's client_body_timeout and Apache's RequestReadTimeout answer.
+            got = sum(map(len, chunks))
+            reason = (
+                f"the body did not arrive whole within {operator.body_timeout_s:g} s "
+                f"(http.body_timeout_s): {got} of {length} bytes came"
+            )
+            self._answer_post(408, _error("timeout", reason))
+            raise _Refused
         self._body_read = True
         return b"".join(chunks)
+
+    def _read_within(self, operator: Operator, length: int, chunks: list[bytes]) -> str:
+        """Read ``length`` bytes into ``chunks`` from the non-blocking connection: "whole",
+        or why not ("too_slow", "no_place", "gone")."""
+        started = time.monotonic()
+        deadline = started + operator.body_timeout_s
+        grace_end = min(deadline, started + BODY_GRACE_S)
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN)
+        left = length
+        waiting = False  # holding a pending place
+        try:
+            while left > 0:
+                chunk = self.rfile.read1(min(left, 65536))  # b"": nothing yet (or EOF)
+                if chunk:
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                    continue
+                now = time.monotonic()
+                if now >= deadline:
+                    return "too_slow"
+                if not waiting and now >= grace_end:
+                    if not self.pending.acquire(blocking=False):
+                        return "no_place"
+                    waiting = True
+                until = deadline if waiting else grace_end
+                if not poller.poll(max(0.0, until - now) * 1000):
+                    continue  # the grace or the deadline is over: the checks above
+                chunk = self.rfile.read1(min(left, 65536))
+                if not chunk:  # readable, yet nothing: the client closed its side
+                    return "gone"
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            if waiting:
+                self.pending.release()
+        return "whole"
 
     def _answer_post(self, status: int, body: bytes, retry_after: int | None = None) -> None:
         assert self.operator is not None
