@@ -5,11 +5,20 @@ hidden]``, a sample rate is a scalar, a detector's image has a batch and two
 free dimensions. The batch axis is found, in this order:
 
 1. the manifest's ``batch_axes`` (``{"state": 1, "sr": null}``), which wins;
-2. the symbolic dimension name the inputs share (``batch`` in
-   ``input[batch, sequence]`` and ``state[2, batch, 128]``), wherever it sits,
-   in inputs and outputs alike;
-3. for a tensor without that name: a dynamic first dimension, else its only
-   dynamic dimension, else a first dimension of 1 (a batch of one).
+2. the symbolic dimension name the inputs and outputs share (``batch`` in
+   ``input[batch, sequence]``, ``state[2, batch, 128]`` and ``output[batch, 1]``),
+   wherever it sits, in inputs and outputs alike;
+3. for a tensor without that name: an unnamed dynamic first dimension, else its
+   only dynamic dimension when that one is unnamed, else a first dimension of 1
+   (a batch of one).
+
+A name that no output shares is no batch axis: an OCR model's
+``image[1, 1, 64, image_width]`` is a batch of one image of any width, not a
+batch along the width. "Unnamed" is ``-1``, ``None``, ``?``, and the names
+exporters generate for a size they do not know, a new one for every tensor
+(``unk__214`` on the input and ``unk__215`` on the output, paddle2onnx's
+``p2o.DynamicDimension.3``, torch's ``x_dynamic_axes_1``): they say "unknown",
+not "the same as there".
 
 Scalars and tensors with none of these have no batch axis: such an input is
 passed as given, and readings that give it different values never share a run.
@@ -21,10 +30,16 @@ it and every output can be split along its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from edgeinfer.runtimes.base import MAP, SEQUENCE, TENSOR, TensorSpec
+from edgeinfer.runtimes.base import MAP, SEQUENCE, TENSOR, Dim, TensorSpec
+
+#: Names exporters give dimensions whose size they do not know (one per tensor and axis).
+_GENERATED = re.compile(r"^(unk__\d+|(p2o\.)?DynamicDimension\.\d+|.+_dynamic_axes_\d+)$")
+#: Why the axes are what they are, when no name is shared.
+_OWN = "no dimension name is shared: each one's unnamed dynamic dimension"
 
 
 @dataclass(frozen=True)
@@ -36,20 +51,34 @@ class BatchAxes:
     batchable: bool
     why: str  # how the axes were found, or why readings cannot share a run
     fixed_one: frozenset[str] = field(default_factory=frozenset)  # inputs whose batch is 1
+    #: Every input's and output's shape, for naming the dimension each axis is.
+    shapes: Mapping[str, tuple[Dim, ...]] = field(default_factory=dict)
 
     def with_outputs(
         self, outputs: Mapping[str, int | None], batchable: bool, why: str
     ) -> BatchAxes:
-        return BatchAxes(self.inputs, dict(outputs), batchable, why, self.fixed_one)
+        return BatchAxes(self.inputs, dict(outputs), batchable, why, self.fixed_one, self.shapes)
 
     def describe(self) -> str:
-        """For ``inspect``: ``window: 0, sr: none; outputs ...; batched (...)``."""
+        """For ``inspect``: ``x: axis 0 ('unk__214'), sr: none; outputs ...; batched (...)``."""
 
         def show(axes: Mapping[str, int | None]) -> str:
-            return ", ".join(f"{k}: {'none' if v is None else v}" for k, v in axes.items())
+            return ", ".join(f"{k}: {self._dimension(k, v)}" for k, v in axes.items())
 
         verdict = "batched" if self.batchable else "one reading at a time"
         return f"inputs {show(self.inputs)}; outputs {show(self.outputs)}; {verdict} ({self.why})"
+
+    def _dimension(self, name: str, axis: int | None) -> str:
+        """``axis 1 ('batch')``, ``axis 0 (unnamed)``, ``axis 0 (size 1)``, or ``none``."""
+        if axis is None:
+            return "none"
+        shape = self.shapes.get(name, ())
+        if axis >= len(shape):
+            return f"axis {axis}"  # a sequence of maps, or axes set by hand
+        dim = shape[axis]
+        if isinstance(dim, int):
+            return f"axis {axis} (size {dim})" if dim >= 0 else f"axis {axis} (unnamed)"
+        return f"axis {axis} ({dim!r})" if dim else f"axis {axis} (unnamed)"
 
 
 def infer_batch_axes(
@@ -57,11 +86,19 @@ def infer_batch_axes(
     outputs: tuple[TensorSpec, ...],
     declared: Mapping[str, int | None] | None = None,
 ) -> BatchAxes:
-    """The batch axes a model's signature (and its manifest) suggest."""
+    """The batch axes a model's signature (and its manifest) suggest.
+
+    ``outputs`` empty means they are not known (the operator tools shaping
+    inputs alone): the guess is then the one made before outputs were
+    consulted, any name an input has may be the batch.
+    """
     declared = dict(declared or {})
     symbol = _shared_symbol(inputs, outputs)
-    axes_in = {s.name: _axis_of(s, symbol, declared) for s in inputs}
-    axes_out = {s.name: _axis_of(s, symbol, declared) for s in outputs}
+    # With the outputs unknown nothing tells a batch's name from a length's: the
+    # dynamic first dimension is taken, named or not, as the module always has.
+    named_ok = not outputs
+    axes_in = {s.name: _axis_of(s, symbol, declared, named_ok) for s in inputs}
+    axes_out = {s.name: _axis_of(s, symbol, declared, named_ok) for s in outputs}
     fixed_one = frozenset(
         s.name for s in inputs if (a := axes_in[s.name]) is not None and not s.is_dynamic(a)
     )
@@ -70,27 +107,44 @@ def infer_batch_axes(
     elif symbol:
         how = f"the dimension {symbol!r} the inputs and outputs share"
     else:
-        how = "the dynamic dimensions"
+        how = _OWN
     batchable, why = _verdict(inputs, outputs, axes_in, axes_out, fixed_one)
-    return BatchAxes(axes_in, axes_out, batchable, why if not batchable else how, fixed_one)
+    shapes = {s.name: s.shape for s in (*inputs, *outputs)}
+    return BatchAxes(axes_in, axes_out, batchable, why if not batchable else how, fixed_one, shapes)
+
+
+def is_unnamed(dim: Dim) -> bool:
+    """True for a dynamic dimension that names nothing: ``-1``, None, ``?``, ``unk__214``."""
+    if isinstance(dim, int):
+        return dim < 0
+    return not dim or dim == "?" or bool(_GENERATED.match(dim))
 
 
 def _shared_symbol(inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> str | None:
-    """The symbolic dimension name most inputs and outputs share (one that an input has).
+    """The symbolic dimension name that inputs and outputs share, most widely, or None.
 
-    Ties go to the name that comes first in the inputs: ``[batch, seq]`` and a
-    mask ``[batch, seq]`` share both, and the batch comes first.
+    A name only inputs have is a length of theirs (an image's width), not a
+    batch; with the outputs unknown (``outputs`` empty: the operator tools
+    shaping inputs alone), an input's name is taken as shared. Ties go
+    to the name that comes first in the inputs: ``[batch, seq]`` and a mask
+    ``[batch, seq]`` with an output ``[batch, seq, 2]`` share both, and the
+    batch comes first.
     """
     order: list[str] = []
     for spec in inputs:
         order += [d for d in spec.shape if isinstance(d, str) and d and d not in order]
+    in_outputs = {d for spec in outputs for d in spec.shape if isinstance(d, str)}
+    if outputs:
+        order = [name for name in order if name in in_outputs]
     if not order:
         return None
     score = {name: sum(name in spec.shape for spec in (*inputs, *outputs)) for name in order}
     return max(order, key=lambda name: (score[name], -order.index(name)))
 
 
-def _axis_of(spec: TensorSpec, symbol: str | None, declared: dict[str, int | None]) -> int | None:
+def _axis_of(
+    spec: TensorSpec, symbol: str | None, declared: dict[str, int | None], named_ok: bool
+) -> int | None:
     if spec.name in declared:
         return declared[spec.name]
     if spec.kind == SEQUENCE and spec.detail.startswith("seq(map"):
@@ -99,10 +153,12 @@ def _axis_of(spec: TensorSpec, symbol: str | None, declared: dict[str, int | Non
         return None
     if symbol is not None and symbol in spec.shape:
         return spec.shape.index(symbol)
-    if spec.is_dynamic(0):
+    # A name that is not the shared one is a length of this tensor's own.
+    free = spec.is_dynamic if named_ok else lambda axis: is_unnamed(spec.shape[axis])
+    if free(0):
         return 0
     dynamic = [axis for axis in range(spec.rank) if spec.is_dynamic(axis)]
-    if len(dynamic) == 1:
+    if len(dynamic) == 1 and free(dynamic[0]):
         return dynamic[0]
     if spec.shape[0] == 1 and spec.rank > 1:
         return 0

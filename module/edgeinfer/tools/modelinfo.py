@@ -198,7 +198,9 @@ def read_labels(path: Path) -> list[str]:
 def sample_reading(model: Model, sample: Path | None) -> dict[str, Any]:
     """The self-test reading: from ``--sample`` (.json reading, .npy, .npz) or generated."""
     if sample is None:
-        return as_reading(generate_inputs(model.inputs))
+        # Shaped by the batch axes the module will find (an image's named width is no batch).
+        axes = infer_batch_axes(model.inputs, model.outputs).inputs
+        return as_reading(generate_inputs(model.inputs, axes=axes))
     if sample.suffix == ".npz":
         feeds, _ = load_npz(sample, model.inputs, "--sample")
         return as_reading(feeds)
@@ -226,7 +228,8 @@ def build_manifest(
     """A manifest whose self-test golden output is computed by this very model."""
     model, fmt = open_model(path)
     try:
-        feeds = Decoder(model.inputs, 1 << 26).decode(orjson.dumps(reading)).feeds
+        axes = infer_batch_axes(model.inputs, model.outputs)  # as the module will decode it
+        feeds = Decoder(model.inputs, 1 << 26, axes=axes).decode(orjson.dumps(reading)).feeds
     except Exception as exc:  # ReadingError: the sample does not fit
         raise ConfigError(
             "--sample", reading.keys(), f"a reading that fits the model ({exc})"
