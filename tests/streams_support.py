@@ -104,3 +104,17 @@ def vad_reference(model: Path, audio: np.ndarray, size: int, hop: int) -> list[f
         out, state = session.run(None, {"input": chunk, "state": state, "sr": sr})
         found.append(float(out[0][0]))
     return found
+
+
+def journal_with_samples(
+    path: Path, model: Path, samples: np.ndarray, topics: int = 3, count: int = 90
+) -> Path:
+    """A real stream journal at ``path``: ``count`` samples of ``samples`` waiting in each of
+    ``topics`` streams (``s/0``...), closed as a clean shutdown leaves it (checkpointed: no
+    ``-wal``), for tests that damage it."""
+    rig = InProcess(model, path)
+    for i in range(count):
+        for t in range(topics):
+            rig.send(f"s/{t}", {"features": samples[i].tolist(), "id": i, "ts": i / 10})
+    rig.engine.close()
+    return path

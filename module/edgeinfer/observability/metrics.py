@@ -109,7 +109,7 @@ class Metrics:
         )
         self.duplicate_samples = Counter(
             "edgeinfer_duplicate_samples",
-            "Samples received again (same id and ts as their stream's last): not added twice",
+            "Readings received again (id and ts as one of their stream's last): not added twice",
             registry=r,
         )
         self.journal_commits = Counter(

@@ -15,11 +15,19 @@ window was ended, their last ``ts`` and a recurrent model's state are kept
 until they are evicted, or until ``state.idle_reset_s``). The first live
 stream is always the next to time out, so gaps are found without scanning
 every stream, and the first quiet one is the next to evict.
+
+A reading with an ``id`` and a ``ts`` that its stream has among its last
+``size`` readings is one the broker redelivered (its PUBACK was lost to a
+dropped connection or a crash): it is acknowledged, counted in
+``edgeinfer_duplicate_samples_total``, and added to nothing. Only a reading
+whose ``ts`` is not after the stream's last can be one, so the keys are
+searched only then. Without an id and a ts a redelivered sample is added again.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -29,7 +37,7 @@ import numpy as np
 
 from edgeinfer.errors import ReadingError
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.journal import Journal
+from edgeinfer.pipeline.journal import Journal, sample_key, sample_meta
 from edgeinfer.pipeline.windows import Stream, Window
 from edgeinfer.runtimes.base import Array
 from edgeinfer.streamplan import StreamPlan
@@ -61,7 +69,9 @@ class StreamSet:
             stream.state = self._initial_state()
             self.live[stream.key] = stream
             if self._journal is not None:  # a restart must not bring the old model's state back
-                self._journal.resume(stream.key, stream.start_position(), stream.state)
+                self._journal.resume(
+                    stream.key, stream.start_position(), stream.state, stream.seen_keys()
+                )
         self._account()
 
     def owns(self, stream: Stream) -> bool:
@@ -81,11 +91,16 @@ class StreamSet:
         new = stream is None
         if stream is None:
             stream = self._new_stream(key, tuple(rows.shape[1:]), now)
-        if ts is not None and ts == stream.last_ts and rid is not None and rid == stream.last[0]:
-            # The same sample again: the broker redelivers what was not acknowledged when
-            # the module died, though the journal has it. Acknowledged, not added twice.
-            self._metrics.duplicate_samples.inc()
-            return []
+        meta = mark = None
+        if rid is not None and ts is not None:
+            meta = sample_meta(rid, ts)
+            mark = sample_key(meta)
+            if not new and not _after(ts, stream.last_ts) and stream.has_seen(mark):
+                # The same reading again: the broker redelivers what it holds unacknowledged
+                # (a PUBACK lost to a dropped link or a crash) though the stream has it, in
+                # its buffer or in an answered window. Acknowledged, not added twice.
+                self._metrics.duplicate_samples.inc()
+                return []
         self._check(stream, rows, ts)
         reset = self.plan.idle_reset_s
         idle = now - stream.last_seen if stream.last_seen else 0.0
@@ -103,8 +118,8 @@ class StreamSet:
         seq = 0
         if self._journal is not None:
             seq = self._journal.next_seq()
-            self._journal.append(seq, key, topic, rid, ts, rows)
-        return stream.add(rows, rid, ts, seq, received)
+            self._journal.append(seq, key, topic, rid, ts, rows, meta)
+        return stream.add(rows, rid, ts, seq, received, key=mark)
 
     def _check(self, stream: Stream, rows: Array, ts: Any) -> None:
         if tuple(rows.shape[1:]) != stream.sample:
@@ -185,7 +200,7 @@ class StreamSet:
                 self._metrics.windows.labels("dropped").inc()
                 log.info("stream %r silent %.1f s: %d samples dropped", key, timeout, had)
             if self._journal is not None and window is None and resume is not None:
-                self._journal.resume(key, resume, stream.state)
+                self._journal.resume(key, resume, stream.state, stream.seen_keys())
             self.quiet[key] = stream  # kept (its last ts, its state) until evicted
         self._forget_idle_states(now)
         self._metrics.streams.set(len(self))
@@ -204,11 +219,27 @@ class StreamSet:
                 self._journal.forget(key)
 
     def restore(self, journal: Journal) -> list[Window]:
-        """Streams as the journal left them; the windows their samples complete (answered again)."""
+        """Streams as the journal left them; the windows their samples complete (answered again).
+
+        A journal whose rows cannot be read is set aside (:meth:`Journal.discard`): nothing is
+        restored from it, rather than half of it.
+        """
+        try:
+            windows = self._restore(journal)
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            # ValueError, TypeError: a row that does not decode (orjson's, numpy's errors).
+            journal.discard(f"a row cannot be read: {type(exc).__name__}: {exc}")
+            self.live.clear()
+            windows = []
+        self._account()
+        return windows
+
+    def _restore(self, journal: Journal) -> list[Window]:
         windows: list[Window] = []
         received = time.perf_counter()
         offset = time.monotonic() - time.time()  # a wall-clock time on the monotonic clock
-        for key, state, readings, heard in journal.restore():
+        for found in journal.restore():
+            key, state, readings = found.key, found.state, found.readings
             sample = tuple(readings[0].rows.shape[1:]) if readings else self._fixed_sample()
             if sample is None or any(tuple(r.rows.shape[1:]) != sample for r in readings):
                 log.warning("journalled stream %r does not fit the model: dropped", key)
@@ -219,21 +250,24 @@ class StreamSet:
             )
             stream.state = state if state and set(state) == set(self.plan.state) else None
             stream.state = stream.state or self._initial_state()
+            if found.seen:  # readings of answered windows, which the broker may redeliver
+                stream.remember(found.seen)
             for r in readings:
                 stream.topic = r.topic
                 stream.last_ts = r.ts if r.ts is not None else stream.last_ts
                 rows = r.rows[r.first_row :].astype(self.plan.dtype, copy=False)
-                windows += stream.add(rows, r.rid, r.ts, r.seq, received, r.first_row)
+                # Keys already remembered (kept when the stream last moved on) are not noted
+                # twice: each would push an older one out.
+                mark = None if r.key is None or stream.has_seen(r.key) else r.key
+                windows += stream.add(rows, r.rid, r.ts, r.seq, received, r.first_row, mark)
             # As heard before the restart: the time the module was down counts towards the
             # gap timeout and the idle reset, so a partial window is not joined across it.
-            stream.last_seen = heard + offset
+            stream.last_seen = found.heard + offset
             self.live[key] = stream
-            self._bytes += stream.nbytes
         if windows or self.live:
             log.info(
                 "restored %d streams from the journal, %d windows", len(self.live), len(windows)
             )
-        self._metrics.streams.set(len(self))
         return windows
 
     def _fixed_sample(self) -> tuple[int, ...] | None:
@@ -249,6 +283,11 @@ class StreamSet:
         self._bytes = sum(s.nbytes for s in self.streams())
         self._metrics.streams.set(len(self))
         self._metrics.stream_bytes.set(self._bytes)
+
+
+def _after(ts: Any, last: Any) -> bool:
+    """Whether ``ts`` is certainly after ``last`` (then the reading cannot be one again)."""
+    return last is None or (_comparable(ts, last) and ts > last)
 
 
 def _comparable(a: Any, b: Any) -> bool:

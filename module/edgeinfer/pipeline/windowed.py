@@ -97,6 +97,7 @@ class WindowedAnswers:
         if old is None:
             if self._journal is not None:
                 self._ready = self.streams.restore(self._journal)
+                self._report_set_aside(self._journal)
             return
         if self.compatible(old.plan):
             self.streams.adopt(old.streams)
@@ -104,6 +105,15 @@ class WindowedAnswers:
             self._unacked = old._unacked
             return
         old.retire()
+
+    def _report_set_aside(self, journal: Journal) -> None:
+        """Say on the errors topic that a damaged journal was set aside (once; the log has
+        said it already): its samples are lost, and no reading of theirs will say so."""
+        lost, journal.set_aside = journal.set_aside, None
+        if lost is None:
+            return
+        message = Message(str(journal.path), b"", time.perf_counter(), lambda: None)
+        self._responder.error(message, ReadingError("journal_lost", lost.describe()))
 
     def retire(self) -> None:
         """The model is replaced by one that takes other samples: partial windows are dropped."""
@@ -277,7 +287,9 @@ class WindowedAnswers:
 
         def resume() -> None:
             if self.streams.owns(owner) and window.resume >= owner.floor:
-                journal.resume(window.key, window.resume, state or None)
+                # The keys as of now: every reading they name is journalled (appended before
+                # its key was noted), committed with them or before.
+                journal.resume(window.key, window.resume, state or None, owner.seen_keys())
 
         return resume
 
