@@ -1,7 +1,8 @@
 """The long-running module: wires config, store, engine, MQTT, updates and HTTP together.
 
-Lifecycle: :class:`EdgeInferModule` serves the store's ``current`` model (after
-it passes its self-test, see :mod:`edgeinfer.updates.startup`);
+Lifecycle: :class:`EdgeInferModule` serves the store's ``current`` model, or
+the ``model.path`` file installed as a new ``current``, once it passed its
+self-test (:mod:`edgeinfer.updates.startup` says which, and what a refusal does);
 :meth:`~EdgeInferModule.start` starts the engine, the updater, the store
 watcher, the health server and the MQTT connection;
 :meth:`~EdgeInferModule.stop` stops taking readings, answers those in flight,

@@ -1,7 +1,8 @@
 """The ``edgeinfer`` command line.
 
 Exit codes: 0 success, 2 bad usage or bad configuration (the message names the
-key and the bad value), 1 anything else.
+key and the bad value), or an error that says starting again cannot help (its
+``exit_code``: a model refused at start), 1 anything else.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except EdgeInferError as exc:
         print(f"edgeinfer: {exc}", file=sys.stderr)
-        return 1
+        # A model refused at start says 2 (edgeinfer.updates.startup.ModelRefusedError),
+        # read here by attribute: importing it would make --help load the runtimes.
+        return int(getattr(exc, "exit_code", 1))
 
 
 __all__ = ["build_parser", "main"]

@@ -1,4 +1,4 @@
-"""The model store on disk (SPEC.md, "Model store").
+"""The model store on disk (docs/reference.md, "Model store").
 
 ::
 
@@ -8,7 +8,8 @@
     previous -> models/<name>/<version>
     downloads/                              partial downloads, resumed
     inbox/                                  offline installs
-    state.json                              last accepted sequence, failed versions
+    state.json                              last accepted sequence, failed versions,
+                                            the model.path file last installed
 
 Every change is made so that a crash at any instant leaves a consistent store:
 versions are installed into a hidden staging directory and renamed into place;
@@ -19,6 +20,7 @@ dangling ``current`` from ``previous``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,9 +28,10 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -36,6 +39,8 @@ from edgeinfer.errors import UpdateError
 from edgeinfer.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MODEL_FILES = {"onnx": "model.onnx", "tflite": "model.tflite"}
 MANIFEST = MANIFEST_NAME
@@ -181,6 +186,48 @@ class ModelStore:
                 raise
             return StoredVersion(name, version, final)
 
+    def install_tested(
+        self, model_file: Path, manifest: Manifest, test: Callable[[StoredVersion], T]
+    ) -> tuple[T, StoredVersion]:
+        """Install ``model_file`` as ``name/version`` only once ``test`` passed on the copy.
+
+        ``test`` gets the staged copy (the very bytes that will be installed)
+        before it is renamed into place; if it raises, nothing is left behind
+        and the store is as it was. The same bytes as an installed version are
+        tested where they lie; other bytes under an installed name and version
+        are refused (StoreError) before anything is tested.
+        """
+        name = check_part("name", manifest.name)
+        version = check_part("version", manifest.version)
+        fmt = manifest.format
+        if fmt not in MODEL_FILES:
+            raise StoreError(f"format {fmt!r}: expected one of {sorted(MODEL_FILES)}")
+        with self._lock:
+            final = self.models / name / version
+            installed = self.installed_sha256(name, version)
+            if installed is not None:
+                check_same_build(name, version, installed, _sha256(model_file))
+                stored = StoredVersion(name, version, final)
+                return test(stored), stored
+            staging = self.models / name / f".staging-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+            try:
+                shutil.copyfile(model_file, staging / MODEL_FILES[fmt])
+                (staging / MANIFEST).write_bytes(manifest.to_json())
+                result = test(StoredVersion(name, version, staging))
+                _fsync_dir(staging)
+                if final.exists():
+                    shutil.rmtree(final)  # a leftover without a model file
+                staging.rename(final)
+                _fsync_dir(final.parent)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                with contextlib.suppress(OSError):  # never hide why the test failed
+                    if not any(staging.parent.iterdir()):
+                        staging.parent.rmdir()  # a name the store did not hold before
+                raise
+            return result, StoredVersion(name, version, final)
+
     def activate(self, version: StoredVersion, previous: StoredVersion | None = None) -> None:
         """Point ``current`` at ``version`` and ``previous`` at the version served until now.
 
@@ -292,6 +339,24 @@ class ModelStore:
             return str(record["name"]), str(record["version"])
         return None
 
+    def model_path_record(self) -> tuple[str, str, str] | None:
+        """(sha256, name, version) of the ``model.path`` file last installed or found here."""
+        record = self.read_state().get("model_path")
+        if isinstance(record, dict) and all(
+            isinstance(record.get(k), str) for k in ("sha256", "name", "version")
+        ):
+            return str(record["sha256"]), str(record["name"]), str(record["version"])
+        return None
+
+    def record_model_path(self, path: Path, sha256: str, name: str, version: str) -> None:
+        """Remember ``path`` (``model.path``) as honoured: the same file again changes nothing."""
+        with self._lock:
+            state = self.read_state()
+            record = {"path": str(path), "sha256": sha256, "name": name, "version": version}
+            if state.get("model_path") != record:
+                state["model_path"] = record
+                self.write_state(state)
+
     def is_failed(self, name: str, version: str) -> bool:
         return f"{name}/{version}" in self.read_state().get("failed", [])
 
@@ -315,6 +380,11 @@ class ModelStore:
         os.symlink(os.path.join("models", version.name, version.version), tmp)
         os.replace(tmp, self.root / which)
         _fsync_dir(self.root)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of the file at ``path``, hex."""
+    return _sha256(path)
 
 
 def _sha256(path: Path) -> str:
