@@ -203,3 +203,19 @@ def test_a_slow_body_that_arrives_in_time_is_answered() -> None:
 def test_bad_limits_are_refused_naming_the_value(key: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_config(env={f"EDGEINFER_HTTP_{key}": value})
+
+
+def test_the_configured_body_limits_reach_the_running_module(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """http.body_timeout_s and http.max_pending_bodies set in the environment are the ones
+    the module's HTTP address holds to, not the defaults."""
+    env = {"EDGEINFER_HTTP_BODY_TIMEOUT_S": "1.5", "EDGEINFER_HTTP_MAX_PENDING_BODIES": "2"}
+    module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, env=env).start()
+    with HalfSentBodies(module.http_port, 3, declared=5000, sent=1) as bodies:
+        time.sleep(1.0)
+        assert sorted(b.status or 0 for b in bodies) == [0, 0, 503]
+        for body in bodies:
+            if body.status is None:
+                assert body.wait_closed(3.0), "the 1.5 s body timeout was not applied"
+                assert body.status == 408, body.answer

@@ -171,6 +171,8 @@ class EdgeInferModule:
             open_without_token=http.on_loopback,
             max_body=self.config.pipeline.max_payload_bytes,
             max_concurrent=http.predict_concurrency,
+            body_timeout_s=http.body_timeout_s,
+            max_pending_bodies=http.max_pending_bodies,
             counted=lambda status: self.metrics.predictions.labels(str(status)).inc(),
         )
 
@@ -225,7 +227,14 @@ class EdgeInferModule:
         if self.config.http.listen:
             host, port = self.config.http.address
             operator = self._operator()
-            self.http = HealthServer(host, port, self.metrics.registry, self.readiness, operator)
+            self.http = HealthServer(
+                host,
+                port,
+                self.metrics.registry,
+                self.readiness,
+                operator,
+                backlog=self.config.http.listen_backlog,
+            )
             self.board.start()
             self.http.start()
         if self.health is not None:
