@@ -192,7 +192,7 @@ def test_slow_decoding_counts_in_the_batch_size_too(monkeypatch: pytest.MonkeyPa
     serve(engine)
     assert engine.drain(10)
     assert sum(model.batches) == 40
-    assert model.batches[0] == 32  # nothing known of decoding yet
+    assert model.batches[0] <= 6  # decoding stops at the step budget, even before it is timed
     assert max(model.batches[1:]) <= 6  # then 0.1 s / 0.02 s a reading, give or take
 
 

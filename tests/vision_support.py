@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import shutil
 import struct
 import zlib
@@ -135,6 +136,103 @@ def png_bomb(side: int = 20000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
     )
+
+
+#: The end of a JPEG segment's entropy-coded data: fill FFs then a marker (not a stuffed
+#: FF 00, a restart marker or more fill), the rule libjpeg's own marker reader follows.
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_segments(payload: bytes) -> list[tuple[int, int, int]]:
+    """``(marker, start, end)`` of each segment after SOI; an SOS segment ends where its
+    entropy-coded data does. Written here apart from the module's own scan counter."""
+    found: list[tuple[int, int, int]] = []
+    pos = 2
+    while pos < len(payload):
+        hit = _NEXT_MARKER.search(payload, pos)
+        if hit is None:
+            break
+        start = hit.end() - 2
+        marker = payload[start + 1]
+        if marker == 0xD9:
+            found.append((marker, start, start + 2))
+            break
+        (length,) = struct.unpack(">H", payload[start + 2 : start + 4])
+        end = start + 2 + length
+        if marker == 0xDA:
+            after = _NEXT_MARKER.search(payload, end)
+            end = after.end() - 2 if after is not None else len(payload)
+        found.append((marker, start, end))
+        pos = end
+    return found
+
+
+def scan_count(payload: bytes) -> int:
+    """How many scans (SOS segments) a JPEG holds."""
+    return sum(1 for marker, _, _ in jpeg_segments(payload) if marker == 0xDA)
+
+
+def progressive_bomb(side: int, scans: int, mode: str = "L", gap: bytes = b"") -> bytes:
+    """A flat ``side`` x ``side`` progressive JPEG of ``scans`` scans in all: its last scan,
+    an AC refinement of the luma, repeated (byte surgery; libjpeg only warns about it).
+
+    Each copy is about 11 bytes and is decoded over every 8x8 block of the picture, so
+    the decode costs scans x blocks: a 4096 x 4096 grey one of 15,000 scans is 0.5 MB
+    under every size limit and takes Pillow minutes. ``gap`` (junk, or stuffed ``FF 00``)
+    goes before each copy: libjpeg skips it, so a counter must too. Pillow writes 6 scans
+    for a grey image and 10 for a colour one: ``scans`` must be at least that.
+    """
+    buf = io.BytesIO()
+    Image.new(mode, (side, side), 128 if mode == "L" else (128, 100, 90)).save(
+        buf, "JPEG", progressive=True, quality=90
+    )
+    data = buf.getvalue()
+    sos = [(start, end) for marker, start, end in jpeg_segments(data) if marker == 0xDA]
+    if scans < len(sos):
+        raise ValueError(f"scans = {scans}: expected at least {len(sos)} ({mode} progressive)")
+    start, end = sos[-1]
+    copies = (gap + data[start:end]) * (scans - len(sos))
+    return data[:end] + copies + data[end:]
+
+
+#: A camera model's manifest for :func:`brightness_model`.
+BRIGHTNESS = {
+    "labels": ["dark", "bright"],
+    "preprocess": {"resize": {"mode": "stretch"}, "normalize": {"scale": 1 / 255}},
+    "postprocess": {"type": "topk", "k": 2},
+}
+
+
+def brightness_model(tmp: Path) -> Path:
+    """A small camera-style ONNX classifier, ``x [batch, 3, 32, 32]`` -> ``p [batch, 2]``:
+    "bright" when the mean pixel is over half scale, "dark" otherwise (softmax of two
+    logits). Installed with :data:`BRIGHTNESS` beside it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Sub", ["m", "half"], ["d"]),
+            helper.make_node("Unsqueeze", ["d", "one"], ["col"]),
+            helper.make_node("Mul", ["col", "signs"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["p"], axis=1),
+        ],
+        "brightness",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("signs", TensorProto.FLOAT, [1, 2], [-8.0, 8.0]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    source = tmp / "brightness-source.onnx"
+    source.write_bytes(model.SerializeToString())
+    return install(source, tmp, "brightness", BRIGHTNESS)
 
 
 # -- references: plain Pillow + numpy + the runtime ---------------------------------------

@@ -82,6 +82,8 @@ class EdgeInferModule:
             queue_size=config.pipeline.queue_size,
             max_payload_bytes=config.pipeline.max_payload_bytes,
             max_image_pixels=config.pipeline.max_image_pixels,
+            max_image_scans=config.pipeline.max_image_scans,
+            max_image_decode_ms=config.pipeline.max_image_decode_ms,
             cascade=config.cascade.spec(),
             allow_non_finite=config.pipeline.allow_non_finite,
             output=config.topics.output_template,

@@ -273,6 +273,11 @@ class PipelineConfig:
     allow_non_finite: bool = False
     #: Image readings larger than this (width x height) are refused from their header.
     max_image_pixels: int = 25_000_000
+    #: JPEG readings of more scans are refused from their marker segments, undecoded
+    #: (a progressive JPEG has about 10; each scan is decoded over the whole picture).
+    max_image_scans: int = 32
+    #: A decode still running after this is stopped and the bytes refused when they come again.
+    max_image_decode_ms: float = 2000.0
 
     def __post_init__(self) -> None:
         _require(
@@ -299,6 +304,18 @@ class PipelineConfig:
             "pipeline.max_image_pixels",
             self.max_image_pixels,
             "a pixel count in 1..1000000000",
+        )
+        _require(
+            1 <= self.max_image_scans <= 100_000,
+            "pipeline.max_image_scans",
+            self.max_image_scans,
+            "an integer in 1..100000",
+        )
+        _require(
+            1.0 <= self.max_image_decode_ms <= 5000.0,
+            "pipeline.max_image_decode_ms",
+            self.max_image_decode_ms,
+            "milliseconds in 1..5000 (well inside broker.keepalive_s, at least 5 s)",
         )
 
 

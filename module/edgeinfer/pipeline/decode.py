@@ -36,7 +36,7 @@ from edgeinfer.pipeline.npy import MAGIC as NPY_MAGIC
 from edgeinfer.pipeline.tensors import fit_shape, to_input
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Array, TensorSpec
-from edgeinfer.vision.images import decode_image, image_kind
+from edgeinfer.vision.images import ImageGuard, image_kind
 from edgeinfer.vision.preprocess import Geometry, Preprocessor
 
 Bucket = tuple[Any, ...]
@@ -66,10 +66,13 @@ class Decoder:
         allow_non_finite: bool = False,
         axes: BatchAxes | None = None,
         key_field: str | None = None,
-        images: tuple[Preprocessor | None, int] = (None, 0),
+        images: tuple[Preprocessor | None, int | ImageGuard] = (None, 0),
     ) -> None:
-        """``images``: the model's preprocessor (None: no image readings) and the pixel limit."""
-        self._preprocessor, self._max_pixels = images
+        """``images``: the model's preprocessor (None: no image readings), and the pixel
+        limit or the engine's :class:`ImageGuard` (its scan limit, deadline and memory of
+        payloads that overran, kept across model swaps)."""
+        self._preprocessor, limit = images
+        self._images = limit if isinstance(limit, ImageGuard) else ImageGuard(limit)
         self._inputs = inputs
         self._key_field = key_field
         self._by_name = {spec.name: spec for spec in inputs}
@@ -154,7 +157,7 @@ class Decoder:
                 f"payload is a {image_kind(payload) or 'image'} image but the model's manifest "
                 "declares no preprocess: expected a tensor reading (JSON or .npy bytes)",
             )
-        tensor, geometry = pre(decode_image(payload, pre.spec.color, self._max_pixels))
+        tensor, geometry = pre(self._images.decode(payload, pre.spec.color))
         reading = self._from_arrays({pre.input.name: tensor})
         return dataclasses.replace(reading, geometry=geometry)
 

@@ -10,7 +10,11 @@ Batches close when ``max_batch`` readings are queued or ``max_delay_ms`` has
 passed; :mod:`.runner` runs them in shape buckets along each input's batch
 axis (a model that cannot be batched runs one reading at a time). A slow model
 gets smaller batches, so that one run keeps the network waiting about
-:data:`STEP_BUDGET_S` at most. Answers are handed on in the order readings were
+:data:`STEP_BUDGET_S` at most; decoding a batch stops at that budget too (an image
+may take up to its decoding deadline, :mod:`edgeinfer.vision.images`), and the
+readings not yet decoded wait, ahead of the queue, for the next turn, so that a
+batch of slow images never keeps the network (and the keepalive) waiting for more
+than one of them. Answers are handed on in the order readings were
 queued, so results for one topic keep the readings' order. Every reading gets
 exactly one answer: its result, or its own error report; a failure of one
 reading never answers its batch-mates with an error.
@@ -42,6 +46,7 @@ from edgeinfer.pipeline.vision_results import VisionResults
 from edgeinfer.pipeline.windowed import WindowedAnswers
 from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError, module_topic
+from edgeinfer.vision.images import DECODE_DEADLINE_MS, MAX_SCANS, ImageGuard
 from edgeinfer.visionspec import CascadeSpec
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ class EngineSettings:
     journal: Path | None = None  # the stream journal (windowed models); None: off
     journal_sync: str = "normal"
     max_image_pixels: int = 25_000_000  # image readings: larger ones are refused undecoded
+    max_image_scans: int = MAX_SCANS  # JPEGs of more scans are refused undecoded
+    max_image_decode_ms: float = DECODE_DEADLINE_MS  # a decode is stopped at this deadline
     cascade: CascadeSpec | None = None  # [cascade], over the manifest's
 
 
@@ -114,6 +121,13 @@ class Engine:
         self._routed: RoutedAnswers | None = None  # a rollout's candidate, while one runs
         self._pending_route: tuple[Route | None, threading.Event] | None = None
         self._vision = VisionResults(responder, metrics, settings)
+        # One for the engine's life: a payload that overran is refused at once after a swap.
+        self._images = ImageGuard(
+            settings.max_image_pixels, settings.max_image_scans, settings.max_image_decode_ms
+        )
+        # Readings taken from the queue whose decoding did not fit in the last step:
+        # answered first, at the next turn (they came before anything still queued).
+        self._held: list[Message] = []
         self._use(active)
         metrics.queue_capacity.set(settings.queue_size)
 
@@ -131,7 +145,7 @@ class Engine:
             self._settings.max_payload_bytes,
             self._settings.allow_non_finite,
             active.batch_axes,
-            images=self._vision.images(active),
+            images=(self._vision.images(active)[0], self._images),
         )
 
     def _use_streams(self, active: LoadedModel) -> None:
@@ -162,8 +176,8 @@ class Engine:
 
     @property
     def depth(self) -> int:
-        """Readings waiting in the queue."""
-        return self._queue.depth
+        """Readings waiting in the queue (with those taken but not yet decoded)."""
+        return self._queue.depth + len(self._held)
 
     def observe(self, observer: Callable[[BatchOutcome], None]) -> None:
         """Call ``observer`` (on the serving thread) with every batch's outcome; before start."""
@@ -238,7 +252,7 @@ class Engine:
         if loop is None:
             while self.due() == 0:
                 self.work()
-            return self._queue.depth == 0
+            return self.depth == 0
         loop.wake()
         return self._idle.wait(timeout)
 
@@ -267,7 +281,7 @@ class Engine:
 
     def due(self) -> float | None:
         """Seconds until a batch is due (0: now); None when nothing is queued."""
-        if self._pending is not None or self._pending_route is not None:
+        if self._pending is not None or self._pending_route is not None or self._held:
             return 0.0
         delay = 0.0 if self._closed else self._settings.max_delay_ms / 1000
         due = self._queue.due(self._batch_limit(), delay)
@@ -280,7 +294,7 @@ class Engine:
     def work(self) -> None:
         """Take a waiting model, then answer one batch."""
         self._take_pending()
-        batch = self._queue.take(self._batch_limit())
+        batch, self._held = self._held or self._queue.take(self._batch_limit()), []
         if batch:
             self._answer_safely(batch)
         elif self._windowed is not None:
@@ -291,7 +305,7 @@ class Engine:
                     seconds = time.perf_counter() - self._full_since
                     self._metrics.backpressure_seconds.inc(seconds)
                     self._full_since = None
-        if self._queue.depth == 0:
+        if self.depth == 0:
             self._idle.set()
 
     def _batch_limit(self) -> int:
@@ -335,8 +349,9 @@ class Engine:
             self._answer(batch, answered)
         except Exception:  # a bug here must not stop the serving loop
             log.exception("unexpected failure answering %d readings", len(batch))
+            held = {id(message) for message in self._held}  # still to be answered
             for message in batch:
-                if id(message) not in answered:
+                if id(message) not in answered and id(message) not in held:
                     self._responder.error(message, ReadingError.internal())
 
     def _work_windows(self, windowed: WindowedAnswers) -> None:
@@ -374,7 +389,12 @@ class Engine:
             return
         decoded: list[tuple[Message, Reading]] = []
         began = time.perf_counter()
-        for message in batch:
+        for n, message in enumerate(batch):
+            if n and time.perf_counter() - began > STEP_BUDGET_S:
+                # The network has waited long enough: the rest at the next turn.
+                self._held = batch[n:]
+                batch = batch[:n]
+                break
             try:
                 decoded.append((message, self._decoder.decode(message.payload)))
             except ReadingError as exc:
