@@ -1,4 +1,4 @@
-"""The shape of the code, kept true: the layering, and modules and functions that stay small."""
+"""The shape of the code, kept true: layering, no import cycle, no monolith, the README layout."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from tests.support import ROOT
 
 PACKAGE = ROOT / "module" / "edgeinfer"
-MAX_FILE_LINES = 450
-MAX_FUNCTION_LINES = 80
+#: A guard against a new monolith, not a size to fit: split a file when it carries two concepts.
+MAX_FILE_LINES = 700
 
 
 def test_no_module_imports_from_a_layer_above_it() -> None:
@@ -61,15 +61,111 @@ def _modules() -> list[Path]:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_module_is_small_enough_to_read(path: Path) -> None:
     lines = len(path.read_text().splitlines())
-    assert lines <= MAX_FILE_LINES, f"{lines} lines: split it (at most {MAX_FILE_LINES})"
+    assert lines <= MAX_FILE_LINES, f"{lines} lines: a new monolith (at most {MAX_FILE_LINES})"
 
 
-def test_no_function_is_longer_than_a_screen() -> None:
-    long: list[str] = []
-    for path in _modules():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                length = (node.end_lineno or node.lineno) - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} {length}")
-    assert long == [], f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+def test_the_largest_modules_are_printed_for_information(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sizes = sorted(((len(p.read_text().splitlines()), p) for p in _modules()), reverse=True)
+    with capsys.disabled():
+        print(
+            "\nlargest modules:", ", ".join(f"{p.relative_to(PACKAGE)} {n}" for n, p in sizes[:8])
+        )
+    assert sizes, "no modules found under module/edgeinfer"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _internal_imports(path: Path, modules: set[str]) -> set[str]:
+    """Every edgeinfer module that `path` imports, anywhere in it (type-only imports too)."""
+    here = _module_name(path)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = here.split(".") if path.name == "__init__.py" else here.split(".")[:-1]
+                package = package[: len(package) - node.level + 1]
+                base = ".".join([*package, base] if base else package)
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in modules else base)
+    return (found & modules) - {here}
+
+
+def test_no_module_takes_part_in_an_import_cycle() -> None:
+    """Type-only imports count: a cycle hidden behind TYPE_CHECKING is still two rooms in one."""
+    paths = {_module_name(p): p for p in _modules()}
+    graph = {name: _internal_imports(path, set(paths)) for name, path in paths.items()}
+    cycles: list[list[str]] = []
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in order:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], order[other])
+        if low[node] == order[node]:
+            component = [stack.pop()]
+            while component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in graph:
+        if name not in order:
+            visit(name)
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_nothing_in_the_project_cites_a_file_it_does_not_have() -> None:
+    """The public contract is the project's own docs; no docstring points outside the checkout."""
+    cited = [
+        f"{path.relative_to(ROOT)}"
+        for folder in ("module", "tests", "benchmarks", "docs", "deployment", "models")
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in {".py", ".md", ".toml", ".yaml", ".yml", ".json"}
+        and path.is_file()
+        and "SPEC" + ".md" in path.read_text(errors="replace")
+    ]
+    assert cited == [], f"these mention a SPEC file the project does not ship: {cited}"
+
+
+def _layout_entries() -> set[str]:
+    """The names under `module/edgeinfer/` in the README's "Layout" block."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    names: set[str] = set()
+    inside = False
+    for line in block.splitlines():
+        if line.startswith("module/edgeinfer/"):
+            inside = True
+            continue
+        if inside and line and not line.startswith(" "):
+            break
+        head = line.strip().split("  ", 1)[0]
+        if inside and line.startswith("  ") and not line.startswith("   ") and head:
+            names |= {item.strip() for item in head.split(",") if item.strip()}
+    return names
+
+
+def test_the_readme_layout_names_every_top_level_folder_and_module() -> None:
+    actual = {
+        f"{p.name}/" if p.is_dir() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and p.name != "__init__.py")
+    }
+    assert _layout_entries() == actual

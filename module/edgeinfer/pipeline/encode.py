@@ -57,7 +57,7 @@ def encode_result(
 
 
 def encode_error(topic: str, code: str, reason: str, rid: Any) -> bytes:
-    """Return the JSON error report for one rejected reading (SPEC.md, "Topics")."""
+    """Return the JSON error report for a rejected reading (docs/reference.md, "Error reports")."""
     return _compact(orjson.dumps({"topic": topic, "error": code, "reason": reason, "id": rid}))
 
 

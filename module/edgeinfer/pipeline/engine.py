@@ -120,7 +120,13 @@ class Engine:
         self._windowed: WindowedAnswers | None = None
         self._routed: RoutedAnswers | None = None  # a rollout's candidate, while one runs
         self._pending_route: tuple[Route | None, threading.Event] | None = None
-        self._vision = VisionResults(responder, metrics, settings)
+        self._vision = VisionResults(
+            responder,
+            metrics,
+            module_id=settings.module_id,
+            cascade=settings.cascade,
+            max_image_pixels=settings.max_image_pixels,
+        )
         # One for the engine's life: a payload that overran is refused at once after a swap.
         self._images = ImageGuard(
             settings.max_image_pixels, settings.max_image_scans, settings.max_image_decode_ms

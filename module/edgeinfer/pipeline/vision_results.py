@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgeinfer.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
@@ -27,23 +27,28 @@ from edgeinfer.vision.plan import Answer, VisionPlan, uncertain
 from edgeinfer.vision.preprocess import Preprocessor
 from edgeinfer.visionspec import CascadeSpec
 
-if TYPE_CHECKING:  # the engine imports this module: its settings only as a type
-    from edgeinfer.pipeline.engine import EngineSettings
-
 log = logging.getLogger(__name__)
 
 
 class VisionResults:
     """Postprocess and cascade for the engine's results."""
 
-    def __init__(self, responder: Responder, metrics: Metrics, settings: EngineSettings) -> None:
-        """``settings.cascade``: the configuration's (``[cascade]``), over every manifest's."""
+    def __init__(
+        self,
+        responder: Responder,
+        metrics: Metrics,
+        *,
+        module_id: str,
+        cascade: CascadeSpec | None,
+        max_image_pixels: int,
+    ) -> None:
+        """``cascade``: the configuration's (``[cascade]``), over every manifest's."""
         self._responder = responder
         self._metrics = metrics
-        self._module_id = settings.module_id
-        self._override = settings.cascade
-        self._max_pixels = settings.max_image_pixels
-        guard_pillow(settings.max_image_pixels)
+        self._module_id = module_id
+        self._override = cascade
+        self._max_pixels = max_image_pixels
+        guard_pillow(max_image_pixels)
         # A plan for a model that declares no vision block, when [cascade] needs its scores.
         self._plain: tuple[LoadedModel, VisionPlan] | None = None
         # A budget per cascade block, kept while the module runs: an update that keeps

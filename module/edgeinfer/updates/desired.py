@@ -1,4 +1,4 @@
-"""The desired-state document (SPEC.md, "Desired state"), parsed strictly.
+"""The desired-state document (docs/reference.md, "Desired state"), parsed strictly.
 
 Unknown fields are refused rather than ignored, so that a document written for
 a newer module (or mistyped) fails loudly instead of half-applying.
