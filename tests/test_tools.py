@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from edgeinfer.tools.broker import LocalBroker
+from edgeinfer.tools.broker import LocalBroker, port_open
 from edgeinfer.tools.recordings import Recordings
 from edgeinfer.tools.simulate import recording_index
 from tests.support import ONNX_MODEL, Collector, ModuleProcess
@@ -81,3 +81,15 @@ def test_a_broker_that_never_answers_connect_is_reported_with_a_hint_and_retried
             'that only speaks MQTT 3.1.1 ignores an MQTT 5 CONNECT: try broker.protocol = "3.1.1")'
         )
         assert module.proc is not None and module.proc.poll() is None, "it keeps retrying"
+
+
+def test_a_broker_started_before_its_with_block_is_stopped_when_the_block_ends() -> None:
+    """``with LocalBroker(...).start() as b`` started a second mosquitto on the same port,
+    which failed to bind while the first, no longer referenced, outlived the suite."""
+    with LocalBroker(kind="mosquitto").start() as broker:
+        port = broker.port
+        assert port_open("127.0.0.1", port)
+    deadline = time.monotonic() + 5
+    while port_open("127.0.0.1", port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not port_open("127.0.0.1", port), f"a mosquitto still listens on {port}"

@@ -95,6 +95,8 @@ class LocalBroker:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> LocalBroker:
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError(f"the {self.kind} on port {self.port} is already running")
         log = self.log_path.open("ab")
         if self.kind == "mosquitto":
             conf = self._dir / "mosquitto.conf"
@@ -156,6 +158,9 @@ class LocalBroker:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> LocalBroker:
+        # ``with LocalBroker(...).start() as b`` must not start a second one on the port.
+        if self._proc is not None and self._proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
