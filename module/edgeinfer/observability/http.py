@@ -239,8 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         if operator is None or operator.predict is None or urlsplit(self.path).path != "/predict":
             self._not_found()
             return True
-        if not self._allowed(operator):
-            operator.counted(401 if operator.token else 403)
+        if not self._allowed(operator, counted=True):
             return True
         length = self.headers.get("Content-Length", "")
         if not (length.isascii() and length.isdigit() and len(length) <= 18):
@@ -338,22 +337,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.operator.counted(status)
         self._send(status, body, "application/json", retry_after=retry_after)
 
-    def _allowed(self, operator: Operator, page: bool = False) -> bool:
-        """Check the bearer token (or, open on loopback, the Host); refusals are sent here."""
+    def _allowed(self, operator: Operator, page: bool = False, counted: bool = False) -> bool:
+        """Check the bearer token (or, open on loopback, the Host); refusals are sent here.
+
+        ``counted``: a ``/predict`` refusal is counted before it is sent, so that whoever
+        reads the metric after the answer finds it there.
+        """
         if operator.token is None:
             if not operator.open_without_token:
                 reason = (
                     "http.listen is not a loopback address and no token is set: "
                     "set http.token_file (or http.token) to open the status page and /predict"
                 )
-                self._send(403, _error("forbidden", reason), "application/json")
+                self._refuse(operator, counted, 403, _error("forbidden", reason))
                 return False
             host = self.headers.get("Host", "")
             name = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
             if name.lower() in LOCAL_HOSTS:
                 return True
             reason = f"Host {host[:100]!r}: expected localhost or 127.0.0.1 with no token set"
-            self._send(403, _error("forbidden", reason), "application/json")
+            self._refuse(operator, counted, 403, _error("forbidden", reason))
             return False
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
@@ -364,8 +367,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, LOGIN_PAGE, "text/html; charset=utf-8", bearer=True)
         else:
             reason = "expected the header Authorization: Bearer <http.token>"
-            self._send(401, _error("unauthorized", reason), "application/json", bearer=True)
+            self._refuse(operator, counted, 401, _error("unauthorized", reason), bearer=True)
         return False
+
+    def _refuse(
+        self, operator: Operator, counted: bool, status: int, body: bytes, bearer: bool = False
+    ) -> None:
+        if counted:
+            operator.counted(status)
+        self._send(status, body, "application/json", bearer=bearer)
 
     def _not_found(self) -> None:
         paths = "/metrics, /healthz, /readyz"
