@@ -33,9 +33,10 @@ def start(
     broker: LocalBroker,
     tmp_path: Path,
     model: Path = ONNX_MODEL,
+    ready_s: float = 20.0,
     **env: str,
 ) -> ModuleProcess:
-    module = ModuleProcess(broker.url, model, tmp_path, env=env).start()
+    module = ModuleProcess(broker.url, model, tmp_path, env=env).start(timeout=ready_s)
     modules.append(module)
     return module
 
@@ -301,7 +302,11 @@ def test_a_slow_model_never_starves_the_connection(
     broker's 1.5 x keepalive (7.5 s), and the module would be dropped."""
     model = tmp_path / "busy.onnx"
     model.write_bytes(busy_model())
-    module = start(modules, broker, tmp_path, model=model, EDGEINFER_BROKER_KEEPALIVE_S="5")
+    # Its admission runs it many times (self-test p95, a batch of two): 11.8 s alone, twice
+    # that with the suite's workers on two cores, all of it before the module is ready.
+    module = start(
+        modules, broker, tmp_path, model=model, ready_s=90.0, EDGEINFER_BROKER_KEEPALIVE_S="5"
+    )
     sink = Collector(broker.url, [module.result_topic("+")])
     pub = Publisher(broker.url)
     for i in range(30):
