@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tests.compat.fetch import CACHE, NPM_PACKAGES, npm_file
+from tests.compat.fetch import CACHE, NPM_PACKAGES, npm_file, write_atomically
 from tests.vision_support import Found, decoded, reference_nms
 
 PACKAGE = "@mediapipe/objectron"
@@ -52,7 +52,7 @@ def oidv4_model() -> Path:
     """The detector, cut out of the packed assets once into the test cache."""
     target = CACHE / "npm" / f"objectron-{NPM_PACKAGES[PACKAGE]}-{MODEL}"
     if not target.exists():
-        target.write_bytes(_asset(MODEL))
+        write_atomically(target, _asset(MODEL))
     return target
 
 

