@@ -18,8 +18,8 @@ from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.topics import TopicTemplate
+from tests.fakes import FakePublisher
 from tests.support import ONNX_MODEL
-from tests.test_engine import FakePublisher
 
 
 def windowed_model(

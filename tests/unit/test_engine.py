@@ -19,43 +19,12 @@ from edgeinfer.manifest import Manifest
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import BatchOutcome, Engine, EngineSettings
 from edgeinfer.pipeline.loop import ServingLoop
-from edgeinfer.pipeline.message import Message, Outcome
+from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.runtimes.base import Array, TensorSpec
 from edgeinfer.runtimes.fake import FakeModel, sum_model
 from edgeinfer.topics import TopicTemplate
-
-
-class FakePublisher:
-    """Records what is published; the broker accepts everything at once unless held."""
-
-    def __init__(self, hold: bool = False) -> None:
-        self.sent: list[tuple[str, dict[str, object]]] = []
-        self.pending: list[Outcome] = []
-        self.hold = hold
-        self.lock = threading.Lock()
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 1,
-        retain: bool = False,
-        on_done: Outcome | None = None,
-        token: object = None,
-    ) -> None:
-        with self.lock:
-            self.sent.append((topic, orjson.loads(payload)))
-        if on_done is not None:
-            if self.hold:
-                self.pending.append(on_done)
-            else:
-                on_done(None)
-
-    def release(self) -> None:
-        for outcome in self.pending:
-            outcome(None)
-        self.pending.clear()
+from tests.fakes import FakePublisher
 
 
 class Acks:

@@ -1,7 +1,7 @@
 """Streams of samples in-process: windows, order, gaps, limits, bad input, state, the journal.
 
 A real model admitted as the module admits it, on the engine with a fake
-publisher. End to end through mosquitto: tests/test_streams_e2e.py.
+publisher. End to end through mosquitto: tests/e2e/test_streams_e2e.py.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import pytest
 from edgeinfer.pipeline.windows import Stream
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
+from tests.e2e.test_streams import STREAM_BYTES
 from tests.faults import JOURNAL_DAMAGE, TcpProxy, corrupt_journal
 from tests.streams_support import (
     InProcess,
@@ -39,7 +40,6 @@ from tests.streams_support import (
     windowed_model,
 )
 from tests.support import ONNX_MODEL, Collector, ModuleProcess, Publisher
-from tests.test_streams import STREAM_BYTES
 
 #: A sensor's ts: whole seconds at 5 samples a second, or tenths of a second.
 TS: dict[str, Callable[[int], Any]] = {"coarse": lambda i: i // 5, "fine": lambda i: i / 10}

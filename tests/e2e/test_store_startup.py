@@ -317,7 +317,7 @@ def test_an_unchanged_model_path_serves_the_stores_current_after_an_update(
     first = serve(broker, ONNX_MODEL, tmp_path, mid, modules)
     first.stop()
     store = ModelStore(state)
-    # What an update leaves behind (tests/test_updates.py drives the real one).
+    # What an update leaves behind (tests/e2e/test_updates.py drives the real one).
     store.activate(store.install(*update_of_har(tmp_path)))
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, module_id=mid, env=UPDATE_ENV)
     if where == "config":
