@@ -11,8 +11,11 @@ import pytest
 
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings, load_recordings
+from tests import ports
 from tests.support import ModuleProcess
 from tests.updates_support import ModelServer, Rig
+
+ports.install()  # before any test module imports free_port by name
 
 
 @pytest.fixture(scope="session")
