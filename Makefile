@@ -2,6 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Test workers (pytest-xdist): most tests wait on a module process or the broker, so more
+# workers than the two cores here pay: with 4, the suite took 5 min 11 s of pytest (was 11 min).
+TEST_WORKERS ?= 4
 
 .PHONY: demo test browser-deps check docs bench models clean
 
@@ -18,7 +21,7 @@ test: $(BIN)/.installed browser-deps ## the whole suite, against a mosquitto it 
 	@for tool in mosquitto mosquitto_passwd openssl systemd-analyze; do \
 		command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install mosquitto openssl systemd)"; exit 1; }; \
 	done
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 	@$(MAKE) --no-print-directory docs
 
 browser-deps:                    ## Debian's chromium and chromedriver, for the browser tests
