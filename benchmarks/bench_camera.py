@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.compat.fetch import model_file  # noqa: E402
 
 from bench_pipeline import Contender  # noqa: E402
-from edgeinfer.loaded import load  # noqa: E402
-from edgeinfer.manifest import Manifest  # noqa: E402
+from edgeinfer.manifest.document import Manifest  # noqa: E402
+from edgeinfer.model.loaded import load  # noqa: E402
 from edgeinfer.tools.broker import LocalBroker  # noqa: E402
 from edgeinfer.tools.camera import camera_frames  # noqa: E402
 from edgeinfer.vision.images import decode_image  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 
-from edgeinfer.manifest import load_manifest
+from edgeinfer.manifest.document import load_manifest
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import Engine, EngineSettings
 from edgeinfer.pipeline.message import Message

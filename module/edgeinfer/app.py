@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from edgeinfer.config import Config
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.mqtt.connection import MqttConnection
 from edgeinfer.mqtt.outbox import log_refusal
 from edgeinfer.observability.health import HealthPublisher

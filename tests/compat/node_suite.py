@@ -21,8 +21,8 @@ import orjson
 from onnx import numpy_helper
 
 from edgeinfer.errors import ModelError, ReadingError
-from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.decode import Decoder
 from edgeinfer.pipeline.encode import encode_result
 from edgeinfer.pipeline.runner import Runner

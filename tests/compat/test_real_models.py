@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pytest
 
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
 from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.tools.broker import LocalBroker
 from tests.compat.catalogue import RealModel, catalogue
@@ -82,7 +82,7 @@ def test_a_real_model_is_admitted_and_batched_as_its_signature_allows(
     real: RealModel, tmp_path: Path
 ) -> None:
     path = install(real, tmp_path)
-    from edgeinfer.manifest import load_manifest
+    from edgeinfer.manifest.document import load_manifest
 
     manifest: Manifest = load_manifest(path)
     loaded = admit(path, manifest, RuntimeOptions(self_test_runs=2))

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from edgeinfer.errors import ModelError
-from edgeinfer.manifest import Manifest
-from edgeinfer.postspec import DetectSpec, postprocess_from_doc, postprocess_to_doc
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.postprocess import DetectSpec, postprocess_from_doc, postprocess_to_doc
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.vision.anchors import ssd_anchors
 from edgeinfer.vision.detect import Detector

@@ -25,13 +25,13 @@ import orjson
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
-from edgeinfer.loaded import load
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.vision import PreprocessSpec
+from edgeinfer.model.loaded import load
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.vision.images import decode_image
 from edgeinfer.vision.preprocess import Preprocessor
 from edgeinfer.vision.tflite_metadata import TfliteMetadata, read_metadata, with_metadata_defaults
-from edgeinfer.visionspec import PreprocessSpec
 from tests.compat.fetch import extract
 from tests.support import ModuleProcess
 from tests.vision_support import (

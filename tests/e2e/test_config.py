@@ -153,7 +153,7 @@ def test_the_cli_exits_2_naming_the_bad_key_and_value(tmp_path: Path) -> None:
     assert no_model.returncode == 2
     assert "model.path = '': expected a model file (--model)" in no_model.stderr
     # A store that already serves a model does not excuse a wrong --model path.
-    from edgeinfer.manifest import Manifest
+    from edgeinfer.manifest.document import Manifest
     from edgeinfer.updates.store import ModelStore
 
     store = ModelStore(tmp_path / "seeded")

@@ -27,8 +27,8 @@ import pytest
 from PIL import Image
 
 from edgeinfer.errors import ReadingError
-from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import Engine, EngineSettings
 from edgeinfer.pipeline.loop import ServingLoop

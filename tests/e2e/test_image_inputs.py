@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from edgeinfer.errors import ModelError
+from edgeinfer.manifest.vision import PreprocessSpec, ResizeSpec
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.vision.images import decode_image
 from edgeinfer.vision.preprocess import Preprocessor
-from edgeinfer.visionspec import PreprocessSpec, ResizeSpec
 from tests.conftest import LocalBroker
 from tests.support import Collector, ModuleProcess, Publisher
 from tests.vision_support import ORIENTATION, install, jpeg, orientation_model, skimage_photo
@@ -104,7 +104,7 @@ def test_an_int8_input_without_an_offset_is_refused_at_load_not_clipped() -> Non
 
 
 def test_sizes_past_4096_pixels_a_side_are_refused_before_anything_is_allocated() -> None:
-    from edgeinfer.manifest import Manifest
+    from edgeinfer.manifest.document import Manifest
 
     doc = {"name": "m", "preprocess": {"resize": {"width": 40000, "height": 300}}}
     with pytest.raises(ModelError, match=r"preprocess.resize.width = 40000: expected an "

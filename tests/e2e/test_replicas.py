@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.manifest import load_manifest
+from edgeinfer.manifest.document import load_manifest
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from edgeinfer.updates.startup import seed_store

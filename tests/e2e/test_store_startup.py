@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from edgeinfer.manifest import Manifest, load_manifest
+from edgeinfer.manifest.document import Manifest, load_manifest
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from edgeinfer.updates.store import ModelStore

@@ -17,10 +17,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeinfer.errors import ModelError, UpdateError
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.streams import WindowSpec
 from edgeinfer.pipeline.windows import Stream
 from edgeinfer.serving.admission import RuntimeOptions, admit
-from edgeinfer.streamspec import WindowSpec
 from edgeinfer.tools.recordings import Recordings
 from tests.compat.fetch import model_file
 from tests.streams_support import InProcess, reference_windows, vad_reference, windowed_model

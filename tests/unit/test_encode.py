@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import orjson
 
-from edgeinfer.manifest import ModelIdentity
+from edgeinfer.manifest.document import ModelIdentity
 from edgeinfer.pipeline.encode import encode_error, encode_result
 
 HAR = ModelIdentity("har", "1.0.0", ("standing", "walking", "running", "badminton"))

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from edgeinfer.errors import ModelError
-from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import BatchOutcome, Engine, EngineSettings
 from edgeinfer.pipeline.loop import ServingLoop

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeinfer.errors import UpdateError
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
 from edgeinfer.updates.desired import parse_desired
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, canonical, sign
 from edgeinfer.updates.store import ModelStore, StoreError
@@ -146,7 +146,7 @@ def test_the_sequence_must_grow_but_the_same_document_may_come_again(tmp_path: P
 
 
 def test_probation_judges_error_rate_only_after_enough_readings_and_latency_p95() -> None:
-    from edgeinfer.loaded import LoadedModel
+    from edgeinfer.model.loaded import LoadedModel
     from edgeinfer.pipeline.engine import BatchOutcome
     from edgeinfer.runtimes.fake import sum_model
     from edgeinfer.updates.probation import Limits, ProbationMonitor

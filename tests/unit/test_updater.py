@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from edgeinfer.config import UpdatesConfig
-from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import load_manifest
+from edgeinfer.manifest.document import load_manifest
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.updates.download import SupersededError
 from edgeinfer.updates.reported import Reporter
@@ -134,7 +134,7 @@ def test_a_stored_version_that_fails_its_self_test_is_refused_and_closed(
 ) -> None:
     import dataclasses
 
-    from edgeinfer import loaded as loaded_module
+    from edgeinfer.model import loaded as loaded_module
 
     stored = harness.store.get("har", "1.0.0")
     bad = dataclasses.replace(

@@ -14,10 +14,11 @@ from PIL import Image
 
 from edgeinfer.config import load_config
 from edgeinfer.errors import ConfigError, ModelError, ReadingError, UpdateError
-from edgeinfer.loaded import load
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.postprocess import AnchorSpec, DetectSpec, TopKSpec
+from edgeinfer.manifest.vision import CascadeSpec, PreprocessSpec, ResizeSpec
+from edgeinfer.model.loaded import load
 from edgeinfer.pipeline.decode import Decoder
-from edgeinfer.postspec import AnchorSpec, DetectSpec, TopKSpec
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.updates.desired import parse_desired
 from edgeinfer.vision.anchors import ssd_anchors
@@ -25,7 +26,6 @@ from edgeinfer.vision.cascade import Budget
 from edgeinfer.vision.detect import nms
 from edgeinfer.vision.images import decode_image
 from edgeinfer.vision.preprocess import Preprocessor
-from edgeinfer.visionspec import CascadeSpec, PreprocessSpec, ResizeSpec
 from tests.vision_support import (
     FACE_ANCHORS,
     ORIENTATION,

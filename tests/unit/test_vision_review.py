@@ -11,14 +11,14 @@ import pytest
 from PIL import Image
 
 from edgeinfer.errors import ModelError
+from edgeinfer.manifest.postprocess import DetectSpec
+from edgeinfer.manifest.vision import PreprocessSpec, ResizeSpec
 from edgeinfer.pipeline.decode import Decoder
-from edgeinfer.postspec import DetectSpec
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.vision.detect import Detector
 from edgeinfer.vision.images import decode_image
 from edgeinfer.vision.plan import Answer, uncertain
 from edgeinfer.vision.preprocess import Preprocessor
-from edgeinfer.visionspec import PreprocessSpec, ResizeSpec
 
 NCHW = (TensorSpec("x", np.dtype(np.float32), (None, 3, 4, 6)),)
 
@@ -47,7 +47,7 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped() -> None:
 
 def test_a_classifier_with_k_1_is_still_judged_by_its_margin() -> None:
     """topk k=1 shows one class; the cascade's margin still compares the best two."""
-    from edgeinfer.manifest import Manifest
+    from edgeinfer.manifest.document import Manifest
     from edgeinfer.runtimes.fake import FakeModel
     from edgeinfer.vision.plan import VisionPlan
 

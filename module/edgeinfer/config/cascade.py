@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeinfer.errors import ConfigError
+from edgeinfer.manifest.vision import CascadeSpec
 from edgeinfer.topics import TopicTemplate
-from edgeinfer.visionspec import CascadeSpec
 
 
 @dataclass(frozen=True)

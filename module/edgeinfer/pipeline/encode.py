@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from edgeinfer.manifest import ModelIdentity
+from edgeinfer.manifest.document import ModelIdentity
 from edgeinfer.pipeline.outputs import json_ready
 from edgeinfer.runtimes.base import Value
 from edgeinfer.runtimes.labels import LabelRule

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeinfer.errors import ReadingError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.manifest.vision import CascadeSpec
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.batching import ReadingQueue
 from edgeinfer.pipeline.decode import Decoder, Reading
@@ -47,7 +48,6 @@ from edgeinfer.pipeline.windowed import WindowedAnswers
 from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError, module_topic
 from edgeinfer.vision.images import DECODE_DEADLINE_MS, MAX_SCANS, ImageGuard
-from edgeinfer.visionspec import CascadeSpec
 
 log = logging.getLogger(__name__)
 

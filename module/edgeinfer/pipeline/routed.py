@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ReadingError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.decode import Reading
 from edgeinfer.pipeline.encode import encode_result
 from edgeinfer.pipeline.message import Message

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.runtimes.base import Value, float_view
 from edgeinfer.runtimes.labels import LabelRule
 

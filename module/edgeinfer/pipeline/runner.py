@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeinfer.errors import ModelError, ReadingError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.decode import Reading
 from edgeinfer.pipeline.outputs import non_finite_rows, rows_of, split_rows
 from edgeinfer.runtimes.base import Array, Value

@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ReadingError
+from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.journal import Journal, sample_key, sample_meta
 from edgeinfer.pipeline.windows import Stream, Window
 from edgeinfer.runtimes.base import Array
-from edgeinfer.streamplan import StreamPlan
 
 log = logging.getLogger(__name__)
 

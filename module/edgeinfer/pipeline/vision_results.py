@@ -14,7 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.manifest.vision import CascadeSpec
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.decode import Reading
 from edgeinfer.pipeline.message import Message, Outcome
@@ -25,7 +26,6 @@ from edgeinfer.vision.cascade import Budget, escalation_id, escalation_payload
 from edgeinfer.vision.images import guard_pillow
 from edgeinfer.vision.plan import Answer, VisionPlan, uncertain
 from edgeinfer.vision.preprocess import Preprocessor
-from edgeinfer.visionspec import CascadeSpec
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 import numpy as np
 
 from edgeinfer.errors import ReadingError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
+from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
@@ -40,7 +41,6 @@ from edgeinfer.pipeline.streams import StreamSet
 from edgeinfer.pipeline.windows import Window
 from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import Array, Value
-from edgeinfer.streamplan import StreamPlan
 from edgeinfer.topics import TopicTemplate, TopicTooLongError
 
 log = logging.getLogger(__name__)

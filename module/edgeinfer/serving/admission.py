@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.errors import ModelError, StreamsDealtOutError, UpdateError
-from edgeinfer.loaded import LoadedModel, load
-from edgeinfer.manifest import Manifest, load_manifest
+from edgeinfer.manifest.document import Manifest, load_manifest
+from edgeinfer.manifest.streams import WindowSpec
+from edgeinfer.model.loaded import LoadedModel, load
+from edgeinfer.model.streamplan import StreamPlan, plan_streams
 from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import Array, Model
 from edgeinfer.serving.probe import feed_rows, verify_axes
 from edgeinfer.serving.selftest import run_self_test, test_feeds
-from edgeinfer.streamplan import StreamPlan, plan_streams
-from edgeinfer.streamspec import WindowSpec
 from edgeinfer.vision.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)

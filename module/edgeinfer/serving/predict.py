@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import orjson
 
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.encode import encode_error
 from edgeinfer.pipeline.engine import WINDOWED_POSTED
 from edgeinfer.pipeline.message import Message

@@ -22,8 +22,8 @@ import numpy as np
 import orjson
 import paho.mqtt.client as paho
 
-from edgeinfer.manifest import load_manifest
-from edgeinfer.streamspec import WindowSpec
+from edgeinfer.manifest.document import load_manifest
+from edgeinfer.manifest.streams import WindowSpec
 from edgeinfer.tools.broker import LocalBroker, port_open
 from edgeinfer.tools.deploy import build_desired, publish_desired
 from edgeinfer.tools.launch import ModuleLauncher

@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError, EdgeInferError, ModelError
-from edgeinfer.manifest import load_manifest
+from edgeinfer.manifest.document import load_manifest
 from edgeinfer.runtimes import detect_format
 from edgeinfer.tools.simulate import connect_client
 from edgeinfer.updates.desired import MANIFEST_KEYS

@@ -14,9 +14,9 @@ import numpy as np
 import orjson
 
 from edgeinfer.errors import ConfigError, ModelError, UpdateError
-from edgeinfer.manifest import load_manifest
+from edgeinfer.manifest.document import load_manifest
+from edgeinfer.manifest.postprocess import TopKSpec
 from edgeinfer.pipeline.decode import Decoder
-from edgeinfer.postspec import TopKSpec
 from edgeinfer.runtimes import detect_format, load_model
 from edgeinfer.runtimes.axes import infer_batch_axes
 from edgeinfer.runtimes.base import Model, TensorSpec

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import orjson
 
 from edgeinfer.errors import ConfigError, EdgeInferError, MissingExtraError, ModelError
-from edgeinfer.manifest import load_manifest
+from edgeinfer.manifest.document import load_manifest
 from edgeinfer.runtimes import detect_format, load_model
 from edgeinfer.runtimes.base import Array, Model
 from edgeinfer.tools.inputs import as_reading, generate_inputs, load_npz

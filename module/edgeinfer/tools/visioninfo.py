@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from edgeinfer.errors import ModelError
-from edgeinfer.manifest import Manifest
-from edgeinfer.postspec import DetectSpec, TopKSpec
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.postprocess import DetectSpec, TopKSpec
 from edgeinfer.runtimes.base import Model
 from edgeinfer.vision.detect import brief
 from edgeinfer.vision.plan import VisionPlan

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from edgeinfer.errors import ModelError, UpdateError
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
 from edgeinfer.serving.selftest import check_self_test_spec
 from edgeinfer.updates.download import shown
 from edgeinfer.updates.rollout_spec import RolloutSpec

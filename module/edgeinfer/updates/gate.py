@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeinfer.errors import ModelError, UpdateError
-from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.runtimes import detect_format
 from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.updates.desired import DesiredState

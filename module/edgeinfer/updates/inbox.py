@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ModelError, UpdateError
-from edgeinfer.manifest import MANIFEST_NAME, Manifest
+from edgeinfer.manifest.document import MANIFEST_NAME, Manifest
 from edgeinfer.updates.desired import Recipient, check_install_fields
 from edgeinfer.updates.states import Target
 

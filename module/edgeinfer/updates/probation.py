@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeinfer.config import UpdatesConfig
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.engine import BatchOutcome
 from edgeinfer.updates.states import Target
 from edgeinfer.updates.store import StoredVersion

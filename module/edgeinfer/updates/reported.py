@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.updates.states import Target, UpdateState, UpdateStatus, iso
 from edgeinfer.updates.store import ModelStore
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edgeinfer.errors import UpdateError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.routing import Comparison, Route
 from edgeinfer.updates.reported import Reporter

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Protocol
 
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.updates.store import ModelStore, StoredVersion
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ import logging
 from pathlib import Path
 
 from edgeinfer.errors import ConfigError, ModelError, StreamsDealtOutError, UpdateError
-from edgeinfer.loaded import LoadedModel
-from edgeinfer.manifest import UNVERSIONED, Manifest, load_manifest
+from edgeinfer.manifest.document import UNVERSIONED, Manifest, load_manifest
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.runtimes import detect_format
 from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.updates.store import ModelStore, StoredVersion, file_sha256

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import orjson
 
 from edgeinfer.errors import UpdateError
-from edgeinfer.manifest import MANIFEST_NAME, Manifest, load_manifest
+from edgeinfer.manifest.document import MANIFEST_NAME, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 

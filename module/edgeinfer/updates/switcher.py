@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from edgeinfer.config import UpdatesConfig
 from edgeinfer.errors import ModelError, UpdateError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.engine import BatchOutcome
 from edgeinfer.serving.admission import RuntimeOptions, admit
 from edgeinfer.updates.probation import Probation

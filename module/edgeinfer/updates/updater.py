@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edgeinfer.config import UpdatesConfig
 from edgeinfer.errors import ModelError, UpdateError
-from edgeinfer.loaded import LoadedModel
+from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.engine import BatchOutcome
 from edgeinfer.serving.admission import RuntimeOptions

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from edgeinfer.errors import ModelError
-from edgeinfer.postspec import MAX_ANCHORS, AnchorSpec
+from edgeinfer.manifest.postprocess import MAX_ANCHORS, AnchorSpec
 from edgeinfer.runtimes.base import Array
 
 

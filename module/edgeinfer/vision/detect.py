@@ -1,6 +1,6 @@
 """``postprocess: detect``: a detector's outputs into boxes in the original image's pixels.
 
-Each layout (:mod:`edgeinfer.postspec`) is first read as candidate boxes
+Each layout (:mod:`edgeinfer.manifest.postprocess`) is first read as candidate boxes
 (``x1, y1, x2, y2`` in input pixels), scores and classes; candidates under
 ``score_min`` are dropped, non-maximum suppression runs per class (greedy, by
 score: a box overlapping a better one of its class by more than ``iou`` is
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ModelError
-from edgeinfer.postspec import DetectSpec
+from edgeinfer.manifest.postprocess import DetectSpec
 from edgeinfer.runtimes.base import Array, Dim, TensorSpec, Value, float_view
 from edgeinfer.vision.anchors import ssd_anchors
 from edgeinfer.vision.preprocess import Geometry

@@ -1,7 +1,7 @@
 """A model's vision plan: its manifest's ``preprocess`` and ``postprocess`` checked against
 the model, ready to apply to readings and to answers.
 
-Built when the model is loaded (:func:`edgeinfer.loaded.load`), so a manifest
+Built when the model is loaded (:func:`edgeinfer.model.loaded.load`), so a manifest
 that does not fit its model is refused there, at the self-test of an update,
 and the model serving keeps serving.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ModelError
-from edgeinfer.manifest import Manifest
-from edgeinfer.postspec import DetectSpec, TopKSpec
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.postprocess import DetectSpec, TopKSpec
 from edgeinfer.runtimes.base import Model, Value, float_view
 from edgeinfer.vision.detect import Detector, activate
 from edgeinfer.vision.preprocess import Geometry, Preprocessor

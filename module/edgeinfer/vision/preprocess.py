@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from edgeinfer.errors import ModelError
+from edgeinfer.manifest.vision import MAX_SIDE, PreprocessSpec
 from edgeinfer.runtimes.base import Array, TensorSpec
-from edgeinfer.visionspec import MAX_SIDE, PreprocessSpec
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

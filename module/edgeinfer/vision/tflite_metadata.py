@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgeinfer.errors import ModelError
-from edgeinfer.manifest import Manifest
+from edgeinfer.manifest.document import Manifest
+from edgeinfer.manifest.vision import PreprocessSpec
 from edgeinfer.runtimes.base import TensorSpec
-from edgeinfer.visionspec import PreprocessSpec
 
 try:  # flatbuffers comes with ai-edge-litert, on the platforms that have TFLite models
     from flatbuffers import encode, number_types

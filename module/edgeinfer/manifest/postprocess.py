@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeinfer.errors import ModelError
-from edgeinfer.visionspec import check_keys, choice, count, number, numbers
+from edgeinfer.manifest.vision import check_keys, choice, count, number, numbers
 
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 FORMATS = ("boxes", "yolo", "ssd_anchors")

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.errors import ModelError
-from edgeinfer.manifest import Manifest, ModelIdentity, load_manifest
+from edgeinfer.manifest.document import Manifest, ModelIdentity, load_manifest
+from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.runtimes import load_model
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
 from edgeinfer.runtimes.base import Model, Value
 from edgeinfer.runtimes.labels import LabelRule
-from edgeinfer.streamplan import StreamPlan
 from edgeinfer.vision.plan import VisionPlan
 from edgeinfer.vision.tflite_metadata import with_metadata_defaults
 

@@ -1,7 +1,7 @@
 """A model's plan for streams of samples: which input is windowed, how samples look, its state.
 
 Worked out once, when the model is admitted, from the manifest's ``window`` and
-``state`` (:mod:`edgeinfer.streamspec`) and the model's signature and batch
+``state`` (:mod:`edgeinfer.manifest.streams`) and the model's signature and batch
 axes, so a model whose manifest does not fit it is refused at start with a
 reason, never half-served.
 
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ModelError
+from edgeinfer.manifest.streams import StateSpec, WindowSpec
 from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import TENSOR, Array, Model, TensorSpec
-from edgeinfer.streamspec import StateSpec, WindowSpec
 
 
 @dataclass(frozen=True)

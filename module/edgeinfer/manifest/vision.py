@@ -3,7 +3,7 @@
 Validated here, once, with errors that name the key, the bad value and what
 was expected; the manifest (and so an over-the-air update) is refused
 otherwise, leaving the old model serving. The arithmetic lives in
-:mod:`edgeinfer.vision`; ``postprocess`` is in :mod:`edgeinfer.postspec`.
+:mod:`edgeinfer.vision`; ``postprocess`` is in :mod:`edgeinfer.manifest.postprocess`.
 
 ``preprocess`` turns a decoded image into the model's input::
 

@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ModelError
-from edgeinfer.postspec import PostprocessSpec, postprocess_from_doc, postprocess_to_doc
-from edgeinfer.streamspec import StateSpec, WindowSpec
-from edgeinfer.visionspec import CascadeSpec, PreprocessSpec
+from edgeinfer.manifest.postprocess import PostprocessSpec, postprocess_from_doc, postprocess_to_doc
+from edgeinfer.manifest.streams import StateSpec, WindowSpec
+from edgeinfer.manifest.vision import CascadeSpec, PreprocessSpec
 
 MANIFEST_NAME = "manifest.json"
 UNVERSIONED = "unversioned"
