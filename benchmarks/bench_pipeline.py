@@ -61,8 +61,11 @@ class Contender:
         if name.startswith("edgeinfer"):
             # A fresh session per round, like the peers': a persistent one would
             # queue the other contenders' readings for the next round.
-            env = {"EDGEINFER_LOG_LEVEL": "WARNING", "EDGEINFER_BROKER_SESSION_EXPIRY_S": "0",
-                   "PYTHONPATH": str(source / "module")}  # fmt: skip
+            env = {
+                "EDGEINFER_LOG_LEVEL": "WARNING",
+                "EDGEINFER_BROKER_SESSION_EXPIRY_S": "0",
+                "PYTHONPATH": str(source / "module"),
+            }
             self.module = ModuleLauncher(
                 broker.url, model, Path(self.state.name), f"bench{os.getpid()}", env=env
             ).start()
@@ -160,7 +163,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]])
         ("readings lost == 0 (edgeinfer)", float(lost), 0.0, False),
         ("peak resident memory <= 150 MB", e["hwm_mb"], 150.0, False),
         ("ready within 2 s", e["ready_s"], 2.0, False),
-    ]  # fmt: skip
+    ]
     print(
         f"\nedgeinfer: {e['throughput'] / n['throughput']:.2f}x naive; RSS {e['rss_mb']:.0f} MB "
         f"(peak {e['hwm_mb']:.0f} MB), ready in {e['ready_s']:.2f} s"

@@ -78,8 +78,11 @@ def main() -> int:
                     for module in mods:
                         module.stop(15)
                 results[count].append(burst.throughput)
-                print(f"round {rnd + 1}: {count} replicas {burst.throughput:7.0f}/s"
-                      f"  lost {burst.lost}", flush=True)  # fmt: skip
+                print(
+                    f"round {rnd + 1}: {count} replicas {burst.throughput:7.0f}/s"
+                    f"  lost {burst.lost}",
+                    flush=True,
+                )
                 if burst.lost:
                     print(f"  {count} replicas lost {burst.lost} readings", file=sys.stderr)
     one = statistics.median(results[counts[0]])

@@ -40,18 +40,26 @@ CANDIDATE = ROOT / "models" / "har" / "int8-static" / "model.onnx"
 
 
 def start(broker: LocalBroker, state: Path, percent: int) -> ModuleLauncher:
-    env = {"EDGEINFER_LOG_LEVEL": "WARNING", "EDGEINFER_BROKER_SESSION_EXPIRY_S": "0",
-           "EDGEINFER_UPDATES_FILE_ROOTS": str(CANDIDATE.parent)}  # fmt: skip
+    env = {
+        "EDGEINFER_LOG_LEVEL": "WARNING",
+        "EDGEINFER_BROKER_SESSION_EXPIRY_S": "0",
+        "EDGEINFER_UPDATES_FILE_ROOTS": str(CANDIDATE.parent),
+    }
     # A module id of its own: the retained desired state of an earlier round must not reach it.
     mid = f"bench{os.getpid()}-{state.name[-8:]}"
     module = ModuleLauncher(broker.url, ACTIVE, state, mid, env=env).start()
     if percent:
         body = CANDIDATE.read_bytes()
         doc = {
-            "model": {"name": "har", "version": "1.1.0", "url": CANDIDATE.as_uri(),
-                      "sha256": hashlib.sha256(body).hexdigest(), "size": len(body)},
+            "model": {
+                "name": "har",
+                "version": "1.1.0",
+                "url": CANDIDATE.as_uri(),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "size": len(body),
+            },
             "rollout": {"mode": "shadow", "percent": percent, "min_samples": 10**9},
-        }  # fmt: skip
+        }
         publish_desired(broker.url, module.module_id, doc)
         deadline = time.monotonic() + 20
         while module.metric("edgeinfer_rollout_percent") != percent:
@@ -86,9 +94,14 @@ def main() -> int:
                     finally:
                         module.stop(15)
                 row = results.setdefault(name, {})
-                for key, value in (("throughput", burst.throughput), ("p50", lat.p50_ms),
-                                   ("p99", lat.p99_ms), ("lost", burst.lost + lat.lost),
-                                   ("mirrored", mirrored), ("skipped", skipped)):  # fmt: skip
+                for key, value in (
+                    ("throughput", burst.throughput),
+                    ("p50", lat.p50_ms),
+                    ("p99", lat.p99_ms),
+                    ("lost", burst.lost + lat.lost),
+                    ("mirrored", mirrored),
+                    ("skipped", skipped),
+                ):
                     row.setdefault(key, []).append(value)
                 print(
                     f"round {rnd + 1} {name:<12} {burst.throughput:7.0f}/s"

@@ -62,8 +62,13 @@ from loadgen import NativeLoad  # noqa: E402
 MODEL = ROOT / "models" / "har" / "onnx" / "model.onnx"
 CHROMIUM = "/usr/bin/chromium"
 #: What the page loads once (status.html links the styles and scripts).
-PAGE_FILES = ("/", "/static/status.js", "/static/status.css", "/static/uPlot.iife.min.js",
-              "/static/uPlot.min.css")  # fmt: skip
+PAGE_FILES = (
+    "/",
+    "/static/status.js",
+    "/static/status.css",
+    "/static/uPlot.iife.min.js",
+    "/static/uPlot.min.css",
+)
 POLL_S = 1.0  # status.js: POLL_MS
 SETTLE_S = 2.0  # after the page is open (or not), before the load starts
 CONTENDERS = ("page closed", "page open (gateway)", "page open (chromium)")
@@ -182,10 +187,19 @@ def chromium(port: int, timeout: float = 30.0) -> Iterator[tuple[subprocess.Pope
     profile = Path(tempfile.mkdtemp(prefix="edgeinfer-chromium-"))
     net_log = profile / "net.json"
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
-         f"--user-data-dir={profile}", f"--log-net-log={net_log}", f"http://127.0.0.1:{port}/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={profile}",
+            f"--log-net-log={net_log}",
+            f"http://127.0.0.1:{port}/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while status_polls(net_log) == 0:
@@ -243,12 +257,17 @@ def measure(load: NativeLoad, args: argparse.Namespace) -> dict[str, float]:
     load.burst(500)
     lat = load.paced(args.rate, args.seconds)
     burst = load.burst(args.burst)
-    return {"throughput": burst.throughput, "p50": lat.p50_ms, "p99": lat.p99_ms,
-            "lost": float(burst.lost + lat.lost)}  # fmt: skip
+    return {
+        "throughput": burst.throughput,
+        "p50": lat.p50_ms,
+        "p99": lat.p99_ms,
+        "lost": float(burst.lost + lat.lost),
+    }
 
 
-def run_contender(name: str, module: ModuleLauncher, load: NativeLoad,
-                  args: argparse.Namespace) -> dict[str, float]:  # fmt: skip
+def run_contender(
+    name: str, module: ModuleLauncher, load: NativeLoad, args: argparse.Namespace
+) -> dict[str, float]:
     """One contender's figures against a fresh, ready module."""
     if name == "page closed":
         return measure(load, args)
@@ -337,8 +356,12 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]])
     )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    doc = {"args": vars(args), "medians": med, "raw": results,
-           "full_ring": {"bytes": size, "build_ms": build_ms}}  # fmt: skip
+    doc = {
+        "args": vars(args),
+        "medians": med,
+        "raw": results,
+        "full_ring": {"bytes": size, "build_ms": build_ms},
+    }
     (out / "status_page.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
 
 

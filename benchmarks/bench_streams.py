@@ -82,8 +82,11 @@ def rounds(args: argparse.Namespace, broker: LocalBroker) -> dict[str, list[floa
 
 def memory(broker: LocalBroker, streams: int) -> tuple[float, float, float]:
     """(RSS before, RSS after, bytes a stream) with ``streams`` devices holding 10 samples each."""
-    env = {"EDGEINFER_STREAMS_WINDOW_KEY": "device", "EDGEINFER_STREAMS_MAX_STREAMS": str(streams),
-           "EDGEINFER_STREAMS_JOURNAL": "false"}  # fmt: skip
+    env = {
+        "EDGEINFER_STREAMS_WINDOW_KEY": "device",
+        "EDGEINFER_STREAMS_MAX_STREAMS": str(streams),
+        "EDGEINFER_STREAMS_JOURNAL": "false",
+    }
     with tempfile.TemporaryDirectory(prefix="edgeinfer-bench-") as state:
         m = module(broker, STREAM, Path(state), env)
         try:

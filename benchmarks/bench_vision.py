@@ -100,10 +100,25 @@ def profile(broker: LocalBroker, load: BinaryLoad, model: Path, count: int) -> N
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "profile.txt"
             spy = subprocess.Popen(
-                [spy_bin, "record", "-p", str(contender.pid), "-o", str(raw), "-f", "raw",
-                 "-r", "200", "--threads", "--idle", "-d", "8"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    spy_bin,
+                    "record",
+                    "-p",
+                    str(contender.pid),
+                    "-o",
+                    str(raw),
+                    "-f",
+                    "raw",
+                    "-r",
+                    "200",
+                    "--threads",
+                    "--idle",
+                    "-d",
+                    "8",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)
             load.burst(count)
             spy.wait()
@@ -200,9 +215,12 @@ def report(args: argparse.Namespace, results: dict[str, list[float]], best: list
     e = med["edgeinfer"]
     targets = [
         ("edgeinfer >= 1.6x the naive peer", e / med["naive"], 1.6),
-        ("edgeinfer >= 0.5x the runtime alone at its best batch",
-         e / med["runtime alone (best batch)"], 0.5),
-    ]  # fmt: skip
+        (
+            "edgeinfer >= 0.5x the runtime alone at its best batch",
+            e / med["runtime alone (best batch)"],
+            0.5,
+        ),
+    ]
     missed = 0
     for label, ratio, need in targets:
         missed += ratio < need

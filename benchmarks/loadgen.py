@@ -49,8 +49,19 @@ def line_publishers(port: int, topics: list[str]) -> list[subprocess.Popen[bytes
     It drops what it still holds at the end of its input beyond a few thousand lines:
     give each at most about 5,000.
     """
-    command = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
-               "-M", "1000", "--nodelay", "-l"]  # fmt: skip
+    command = [
+        "mosquitto_pub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-q",
+        "1",
+        "-M",
+        "1000",
+        "--nodelay",
+        "-l",
+    ]
     return [subprocess.Popen([*command, "-t", topic], stdin=subprocess.PIPE) for topic in topics]
 
 
@@ -93,10 +104,26 @@ class NativeLoad:
     def _subscriber(self, count: int, timeout: float) -> subprocess.Popen[bytes]:
         out = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _arrivals)
         sub = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-q", "1", "--nodelay",
-             "-t", "inference/#", "-C", str(count), "-W", str(int(timeout)), "-F", "%U %p"],
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-q",
+                "1",
+                "--nodelay",
+                "-t",
+                "inference/#",
+                "-C",
+                str(count),
+                "-W",
+                str(int(timeout)),
+                "-F",
+                "%U %p",
+            ],
             stdout=out,
-        )  # fmt: skip
+        )
         self._outputs[sub.pid] = out
         time.sleep(0.3)  # subscribed before the first reading goes out
         return sub
@@ -169,16 +196,42 @@ class BinaryLoad:
         """``count`` readings as fast as the publisher sends them; answers a second."""
         out = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
         sub = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(self.port), "-q", "1", "--nodelay",
-             "-t", "inference/#", "-C", str(count), "-W", str(int(timeout)), "-F", "%U"],
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-q",
+                "1",
+                "--nodelay",
+                "-t",
+                "inference/#",
+                "-C",
+                str(count),
+                "-W",
+                str(int(timeout)),
+                "-F",
+                "%U",
+            ],
             stdout=out,
-        )  # fmt: skip
+        )
         time.sleep(0.3)
         done = subprocess.run(
-            [sys.executable, __file__, "publish", str(self.port), str(self.dir), str(count),
-             str(self.topics)],
-            capture_output=True, text=True, check=True, timeout=timeout,
-        )  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "publish",
+                str(self.port),
+                str(self.dir),
+                str(count),
+                str(self.topics),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=timeout,
+        )
         started = float(done.stdout.split()[0])
         sub.wait()
         out.seek(0)

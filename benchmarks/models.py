@@ -28,11 +28,12 @@ def heavy_mlp(path: Path, hidden: tuple[int, ...] = (2048, 2048, 1024, 4), seed:
         if not last:
             nodes.append(helper.make_node("Relu", [f"m{n}"], [f"h{n + 1}"]))
     graph = helper.make_graph(
-        nodes, "heavy_mlp",
+        nodes,
+        "heavy_mlp",
         [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", 100, 6])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", hidden[-1]])],
         weights,
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -67,22 +67,32 @@ def oidv4_manifest() -> dict[str, Any]:
     return {
         "labels": oidv4_labels(),
         "preprocess": {
-            "resize": {"mode": "stretch"}, "normalize": {"scale": 1 / 127.5, "mean": 1.0},
+            "resize": {"mode": "stretch"},
+            "normalize": {"scale": 1 / 127.5, "mean": 1.0},
         },
         "postprocess": {
-            "type": "detect", "format": "ssd_anchors", "score_min": 0.4, "iou": 0.4,
-            "outputs": {"boxes": "raw_outputs/box_encodings",
-                        "scores": "raw_outputs/class_predictions"},
-            "box": "cycxhw", "box_size": "exponential", "box_scale": [10, 10, 5, 5],
+            "type": "detect",
+            "format": "ssd_anchors",
+            "score_min": 0.4,
+            "iou": 0.4,
+            "outputs": {
+                "boxes": "raw_outputs/box_encodings",
+                "scores": "raw_outputs/class_predictions",
+            },
+            "box": "cycxhw",
+            "box_size": "exponential",
+            "box_scale": [10, 10, 5, 5],
             "ignore_classes": [0],
             "anchors": {
-                "num_layers": 6, "min_scale": 0.2, "max_scale": 0.95,
+                "num_layers": 6,
+                "min_scale": 0.2,
+                "max_scale": 0.95,
                 "strides": [16, 32, 64, 128, 256, 512],
                 "aspect_ratios": [1.0, 2.0, 0.5, 3.0, 0.3333],
                 "reduce_boxes_in_lowest_layer": True,
             },
         },
-    }  # fmt: skip
+    }
 
 
 def tf_ssd_anchors() -> np.ndarray:

@@ -211,9 +211,12 @@ def on_terminal(
 
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeinfer", *args], stdout=subprocess.PIPE, stderr=follower,
-        text=True, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        [sys.executable, "-m", "edgeinfer", *args],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     os.close(follower)
     drawn = b""
     while True:

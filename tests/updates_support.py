@@ -163,11 +163,12 @@ def onnx_model(
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        nodes, "test",
+        nodes,
+        "test",
         [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", 100, 6])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
         initializers or [],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -179,11 +180,13 @@ def nan_model() -> bytes:
     from onnx import helper, numpy_helper
 
     return onnx_model(
-        [helper.make_node("ReduceMean", ["window"], ["m"], axes=[1], keepdims=0),
-         helper.make_node("Mul", ["m", "nan"], ["probabilities"])],
+        [
+            helper.make_node("ReduceMean", ["window"], ["m"], axes=[1], keepdims=0),
+            helper.make_node("Mul", ["m", "nan"], ["probabilities"]),
+        ],
         [("probabilities", ["batch", 6])],
         [numpy_helper.from_array(np.full((6,), np.nan, np.float32), "nan")],
-    )  # fmt: skip
+    )
 
 
 def wrong_shape_model() -> bytes:
@@ -193,7 +196,7 @@ def wrong_shape_model() -> bytes:
     return onnx_model(
         [helper.make_node("ReduceMean", ["window"], ["probabilities"], axes=[1], keepdims=0)],
         [("probabilities", ["batch", 6])],
-    )  # fmt: skip
+    )
 
 
 def nan_below_model(threshold: float) -> bytes:
@@ -201,14 +204,18 @@ def nan_below_model(threshold: float) -> bytes:
     from onnx import helper, numpy_helper
 
     return onnx_model(
-        [helper.make_node("ReduceMean", ["window"], ["m"], axes=[1, 2], keepdims=0),
-         helper.make_node("Unsqueeze", ["m", "one"], ["m2"]),
-         helper.make_node("Sub", ["m2", "t"], ["d"]),
-         helper.make_node("Sqrt", ["d"], ["probabilities"])],
+        [
+            helper.make_node("ReduceMean", ["window"], ["m"], axes=[1, 2], keepdims=0),
+            helper.make_node("Unsqueeze", ["m", "one"], ["m2"]),
+            helper.make_node("Sub", ["m2", "t"], ["d"]),
+            helper.make_node("Sqrt", ["d"], ["probabilities"]),
+        ],
         [("probabilities", ["batch", 1])],
-        [numpy_helper.from_array(np.array([1], np.int64), "one"),
-         numpy_helper.from_array(np.array(threshold, np.float32), "t")],
-    )  # fmt: skip
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array(threshold, np.float32), "t"),
+        ],
+    )
 
 
 UPDATE_ENV = {
@@ -318,13 +325,15 @@ def slow_model(hidden: int = 1024, seed: int = 0) -> bytes:
         for name, shape in (("w1", (600, hidden)), ("w2", (hidden, hidden)), ("w3", (hidden, 4)))
     ]
     return onnx_model(
-        [helper.make_node("Reshape", ["window", "flat"], ["x"]),
-         helper.make_node("MatMul", ["x", "w1"], ["h1"]),
-         helper.make_node("Relu", ["h1"], ["r1"]),
-         helper.make_node("MatMul", ["r1", "w2"], ["h2"]),
-         helper.make_node("Relu", ["h2"], ["r2"]),
-         helper.make_node("MatMul", ["r2", "w3"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+        [
+            helper.make_node("Reshape", ["window", "flat"], ["x"]),
+            helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["r1"]),
+            helper.make_node("MatMul", ["r1", "w2"], ["h2"]),
+            helper.make_node("Relu", ["h2"], ["r2"]),
+            helper.make_node("MatMul", ["r2", "w3"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
         [("probabilities", ["batch", 4])],
         [numpy_helper.from_array(np.array([-1, 600], np.int64), "flat"), *weights],
-    )  # fmt: skip
+    )

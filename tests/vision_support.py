@@ -60,27 +60,40 @@ OCR_CLS = {
     "postprocess": {"type": "topk", "k": 2},
 }
 FACE_ANCHORS = {
-    "num_layers": 4, "strides": [8, 16, 16, 16], "min_scale": 0.1484375, "max_scale": 0.75,
-    "aspect_ratios": [1.0], "fixed_anchor_size": True, "interpolated_scale_aspect_ratio": 1.0,
-}  # fmt: skip
+    "num_layers": 4,
+    "strides": [8, 16, 16, 16],
+    "min_scale": 0.1484375,
+    "max_scale": 0.75,
+    "aspect_ratios": [1.0],
+    "fixed_anchor_size": True,
+    "interpolated_scale_aspect_ratio": 1.0,
+}
 FACES = {
     "labels": ["face"],
     "preprocess": {"resize": {"mode": "fit"}, "normalize": {"scale": 1 / 127.5, "mean": 1.0}},
     "postprocess": {
-        "type": "detect", "format": "ssd_anchors", "score_min": 0.5, "iou": 0.3,
+        "type": "detect",
+        "format": "ssd_anchors",
+        "score_min": 0.5,
+        "iou": 0.3,
         "outputs": {"boxes": "regressors", "scores": "classificators"},
-        "anchors": FACE_ANCHORS, "box_scale": [128, 128, 128, 128],
+        "anchors": FACE_ANCHORS,
+        "box_scale": [128, 128, 128, 128],
     },
-}  # fmt: skip
+}
 YOLO = {
     "preprocess": {
         "resize": {"mode": "fit", "width": 320, "height": 320, "pad": 114},
         "normalize": {"scale": 1 / 255},
     },
     "postprocess": {
-        "type": "detect", "format": "yolo", "score_min": 0.2, "iou": 0.45, "max_detections": 50,
+        "type": "detect",
+        "format": "yolo",
+        "score_min": 0.2,
+        "iou": 0.45,
+        "max_detections": 50,
     },
-}  # fmt: skip
+}
 
 
 def install(model: Path, tmp: Path, name: str, manifest: dict[str, Any]) -> Path:
@@ -106,9 +119,15 @@ def scenes() -> list[np.ndarray]:
     china, flower = photos()
     astronaut = skimage_photo("astronaut")
     return [
-        china, flower, china[60:380, 100:580], flower[:, 200:520], astronaut,
-        astronaut[:300, 100:400], skimage_photo("coffee"), skimage_photo("chelsea"),
-    ]  # fmt: skip
+        china,
+        flower,
+        china[60:380, 100:580],
+        flower[:, 200:520],
+        astronaut,
+        astronaut[:300, 100:400],
+        skimage_photo("coffee"),
+        skimage_photo("chelsea"),
+    ]
 
 
 def rotated(images: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
@@ -359,9 +378,11 @@ def original_pixels(
             (v - left) / scale[0] if n % 2 == 0 else (v - top) / scale[1] for n, v in enumerate(box)
         )
         clip = [
-            min(max(x1, 0), size[0]), min(max(y1, 0), size[1]),
-            min(max(x2, 0), size[0]), min(max(y2, 0), size[1]),
-        ]  # fmt: skip
+            min(max(x1, 0), size[0]),
+            min(max(y1, 0), size[1]),
+            min(max(x2, 0), size[0]),
+            min(max(y2, 0), size[1]),
+        ]
         out.append((clip, score, cls))
     return out
 

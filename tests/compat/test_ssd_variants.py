@@ -20,10 +20,20 @@ from edgeinfer.vision.anchors import ssd_anchors
 from edgeinfer.vision.detect import Detector
 from tests.ssd_support import oidv4_manifest, tf_ssd_anchors
 
-ONE_ANCHOR = {"num_layers": 1, "strides": [100], "min_scale": 0.5, "max_scale": 0.5,
-              "interpolated_scale_aspect_ratio": 0.0}  # fmt: skip
-SSD = {"type": "detect", "format": "ssd_anchors", "score_min": 0.1, "anchors": ONE_ANCHOR,
-       "outputs": {"boxes": "r", "scores": "c"}}  # fmt: skip
+ONE_ANCHOR = {
+    "num_layers": 1,
+    "strides": [100],
+    "min_scale": 0.5,
+    "max_scale": 0.5,
+    "interpolated_scale_aspect_ratio": 0.0,
+}
+SSD = {
+    "type": "detect",
+    "format": "ssd_anchors",
+    "score_min": 0.1,
+    "anchors": ONE_ANCHOR,
+    "outputs": {"boxes": "r", "scores": "c"},
+}
 
 
 def _detector(**keys: object) -> Detector:
@@ -101,8 +111,19 @@ def test_the_ssd_options_survive_the_stored_manifest() -> None:
     yolo = {"name": "m", "postprocess": {"type": "detect", "format": "yolo"}}
     stored = orjson.loads(Manifest.from_doc(yolo, "m").to_json())["postprocess"]
     # what uses none of the new keys stays readable by the previous version (its known keys)
-    previous = {"type", "format", "score_min", "iou", "max_detections", "outputs", "box",
-                "normalized", "activation", "anchors", "box_scale"}  # fmt: skip
+    previous = {
+        "type",
+        "format",
+        "score_min",
+        "iou",
+        "max_detections",
+        "outputs",
+        "box",
+        "normalized",
+        "activation",
+        "anchors",
+        "box_scale",
+    }
     assert set(stored) <= previous
     face = {"name": "m", "postprocess": {**SSD, "box_scale": [128] * 4}}
     assert set(orjson.loads(Manifest.from_doc(face, "m").to_json())["postprocess"]) <= previous
@@ -111,22 +132,32 @@ def test_the_ssd_options_survive_the_stored_manifest() -> None:
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({"box_size": "log"},
-         "manifest.json: postprocess.box_size = 'log': expected one of "
-         "['linear', 'exponential']"),
-        ({"ignore_classes": [0, -1]},
-         "manifest.json: postprocess.ignore_classes = -1: expected an integer in 0..1048576"),
-        ({"ignore_classes": 0},
-         "manifest.json: postprocess.ignore_classes = 0: expected a list of at most 100000 "
-         "class indices"),
-        ({"box": "xyzw"},
-         "manifest.json: postprocess.box = 'xyzw': expected one of ['cxcywh', 'cycxhw']"),
-        ({"ignore_classes": list(range(100_001))},
-         "manifest.json: postprocess.ignore_classes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "
-         "12, 13, 14, 15, 16, 17, 18, 19, 20, 21...: expected a list of at most 100000 "
-         "class indices"),
+        (
+            {"box_size": "log"},
+            "manifest.json: postprocess.box_size = 'log': expected one of "
+            "['linear', 'exponential']",
+        ),
+        (
+            {"ignore_classes": [0, -1]},
+            "manifest.json: postprocess.ignore_classes = -1: expected an integer in 0..1048576",
+        ),
+        (
+            {"ignore_classes": 0},
+            "manifest.json: postprocess.ignore_classes = 0: expected a list of at most 100000 "
+            "class indices",
+        ),
+        (
+            {"box": "xyzw"},
+            "manifest.json: postprocess.box = 'xyzw': expected one of ['cxcywh', 'cycxhw']",
+        ),
+        (
+            {"ignore_classes": list(range(100_001))},
+            "manifest.json: postprocess.ignore_classes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "
+            "12, 13, 14, 15, 16, 17, 18, 19, 20, 21...: expected a list of at most 100000 "
+            "class indices",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_ssd_options_are_refused_naming_the_key(keys: dict[str, object], message: str) -> None:
     with pytest.raises(ModelError) as caught:
         postprocess_from_doc({**SSD, **keys}, "manifest.json")
@@ -172,8 +203,11 @@ def test_anchor_options_that_would_make_millions_are_refused_before_any_is_made(
     anchors = {**ONE_ANCHOR, "strides": [1], "input_width": 4000, "input_height": 4000}
     spec = postprocess_from_doc({**SSD, "anchors": anchors}, "manifest.json")
     assert isinstance(spec, DetectSpec)
-    with pytest.raises(ModelError, match=r"make 16000000 anchors for a 4000x4000 input: expected "
-                       r"at most 1000000"):  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"make 16000000 anchors for a 4000x4000 input: expected "
+        r"at most 1000000",
+    ):
         Detector(spec, ["r", "c"], (100, 100))
 
 
@@ -183,21 +217,31 @@ def test_ignored_classes_beyond_a_yolo_models_labels_are_refused_at_load() -> No
     )
     assert isinstance(spec, DetectSpec)
     detector = Detector(spec, ["y"], (320, 320), classes=2)
-    with pytest.raises(ModelError, match=r"ignore_classes = \[500\]: the model has 2 classes "
-                       r"\(its labels\): expected indices below 2"):  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"ignore_classes = \[500\]: the model has 2 classes "
+        r"\(its labels\): expected indices below 2",
+    ):
         detector.check([TensorSpec("y", np.dtype(np.float32), (1, 6, 2100))])
     # decoded boxes with one score each: the scores' length is no class count
     roles = (("boxes", "b"), ("scores", "s"))
-    boxes = Detector(DetectSpec("boxes", outputs=roles, ignore_classes=(150,)), ["b", "s"],
-                     (100, 100))  # fmt: skip
-    boxes.check([TensorSpec("b", np.dtype(np.float32), (1, 100, 4)),
-                 TensorSpec("s", np.dtype(np.float32), (1, 100))])  # fmt: skip
+    boxes = Detector(
+        DetectSpec("boxes", outputs=roles, ignore_classes=(150,)), ["b", "s"], (100, 100)
+    )
+    boxes.check(
+        [
+            TensorSpec("b", np.dtype(np.float32), (1, 100, 4)),
+            TensorSpec("s", np.dtype(np.float32), (1, 100)),
+        ]
+    )
 
 
 def test_ignored_classes_beyond_the_scores_output_are_refused_at_load() -> None:
     detector = _detector(ignore_classes=[0, 30])
-    specs = [TensorSpec("r", np.dtype(np.float32), (1, 1, 4)),
-             TensorSpec("c", np.dtype(np.float32), (1, 1, 24))]  # fmt: skip
+    specs = [
+        TensorSpec("r", np.dtype(np.float32), (1, 1, 4)),
+        TensorSpec("c", np.dtype(np.float32), (1, 1, 24)),
+    ]
     message = r"ignore_classes = \[0, 30\]: the model has 24 classes \(scores output \[1, 1, 24\]\)"
     with pytest.raises(ModelError, match=message + r": expected indices below 24"):
         detector.check(specs)
@@ -208,11 +252,17 @@ def test_a_detector_manifest_stored_by_the_previous_version_still_loads(fmt: str
     """What 19d9a61's postprocess_to_doc wrote: box_scale with every format, box "xyxy"
     (unread) with ssd_anchors; a gateway upgraded in place has these in its store."""
     stored = {
-        "type": "detect", "format": fmt, "score_min": 0.25, "iou": 0.45, "max_detections": 100,
-        "outputs": {"boxes": "r", "scores": "c"} if fmt != "yolo" else {}, "box": "xyxy",
-        "normalized": fmt == "ssd_anchors", "activation": "none",
+        "type": "detect",
+        "format": fmt,
+        "score_min": 0.25,
+        "iou": 0.45,
+        "max_detections": 100,
+        "outputs": {"boxes": "r", "scores": "c"} if fmt != "yolo" else {},
+        "box": "xyxy",
+        "normalized": fmt == "ssd_anchors",
+        "activation": "none",
         "box_scale": [1.0, 1.0, 1.0, 1.0],
-    }  # fmt: skip
+    }
     if fmt == "ssd_anchors":
         stored |= {"box_scale": [128.0, 128.0, 128.0, 128.0], "anchors": ONE_ANCHOR}
     spec = postprocess_from_doc(stored, "manifest.json")

@@ -51,10 +51,14 @@ from tests.vision_support import (
 
 WRITER = "tensorflow_lite_support/metadata/metadata_schema_py_generated.py"
 DETECT = {
-    "type": "detect", "format": "ssd_anchors", "score_min": 0.5, "iou": 0.3,
+    "type": "detect",
+    "format": "ssd_anchors",
+    "score_min": 0.5,
+    "iou": 0.3,
     "outputs": {"boxes": "regressors", "scores": "classificators"},
-    "anchors": FACE_ANCHORS, "box_scale": [128, 128, 128, 128],
-}  # fmt: skip
+    "anchors": FACE_ANCHORS,
+    "box_scale": [128, 128, 128, 128],
+}
 #: What the metadata leaves to the model: no colour, no normalisation, no labels.
 BARE = {"preprocess": {"resize": {"mode": "fit"}}, "postprocess": DETECT}
 
@@ -70,8 +74,12 @@ def writer() -> ModuleType:
     return module
 
 
-def metadata(color: str = "RGB", mean: list[float] | None = None, std: list[float] | None = None,
-             label_file: str | None = "labels.txt") -> bytes:  # fmt: skip
+def metadata(
+    color: str = "RGB",
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    label_file: str | None = "labels.txt",
+) -> bytes:
     """A ``ModelMetadata`` buffer (identifier M001) for an image model."""
     m = writer()
     image = m.ImagePropertiesT()
@@ -191,8 +199,11 @@ def test_an_empty_preprocess_takes_the_metadatas_values_and_prepares_as_declared
 
 
 def test_the_manifest_wins_over_the_metadata(tmp_path: Path) -> None:
-    doc = {**BARE, "labels": ["person"],
-           "preprocess": {"color": "BGR", "normalize": {"scale": 1 / 255}}}  # fmt: skip
+    doc = {
+        **BARE,
+        "labels": ["person"],
+        "preprocess": {"color": "BGR", "normalize": {"scale": 1 / 255}},
+    }
     loaded = load(served(tmp_path, "declared", doc))
     try:
         pre = loaded.manifest.preprocess

@@ -163,8 +163,16 @@ def test_the_extractor_reads_promql_not_words() -> None:
         "unless sum(c_total) without (kind) and ignoring(le) d"
     )
     assert metric_names(expr) == {"a_bucket", "b_info", "c_total", "d"}
-    assert label_names(expr) == {"le", "module_id", "reason", "version", "job", "instance", "name",
-                                 "kind"}  # fmt: skip
+    assert label_names(expr) == {
+        "le",
+        "module_id",
+        "reason",
+        "version",
+        "job",
+        "instance",
+        "name",
+        "kind",
+    }
     with pytest.raises(PromQLError, match="rte"):
         metric_names("sum(rte(a_total[5m]))")
 
@@ -201,14 +209,25 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
     found = {where: expr for where, expr, _ in queries(doc)}
     used = set().union(*(metric_names(expr) for expr in found.values()))
     wanted = {
-        "edgeinfer_messages_received_total", "edgeinfer_results_published_total",
-        "edgeinfer_reading_errors_total", "edgeinfer_publish_refused_total",
-        "edgeinfer_end_to_end_seconds_bucket", "edgeinfer_inference_seconds_bucket",
-        "edgeinfer_batch_size_bucket", "edgeinfer_batch_size_sum", "edgeinfer_batch_size_count",
-        "edgeinfer_queue_depth", "edgeinfer_queue_capacity", "edgeinfer_backpressure_waits_total",
-        "edgeinfer_unacked_readings", "edgeinfer_broker_connected", "edgeinfer_update_state",
-        "edgeinfer_model_info", "edgeinfer_rollout_gate", "edgeinfer_rollout_percent",
-    }  # fmt: skip
+        "edgeinfer_messages_received_total",
+        "edgeinfer_results_published_total",
+        "edgeinfer_reading_errors_total",
+        "edgeinfer_publish_refused_total",
+        "edgeinfer_end_to_end_seconds_bucket",
+        "edgeinfer_inference_seconds_bucket",
+        "edgeinfer_batch_size_bucket",
+        "edgeinfer_batch_size_sum",
+        "edgeinfer_batch_size_count",
+        "edgeinfer_queue_depth",
+        "edgeinfer_queue_capacity",
+        "edgeinfer_backpressure_waits_total",
+        "edgeinfer_unacked_readings",
+        "edgeinfer_broker_connected",
+        "edgeinfer_update_state",
+        "edgeinfer_model_info",
+        "edgeinfer_rollout_gate",
+        "edgeinfer_rollout_percent",
+    }
     assert wanted - used == set()
     names = [variable["name"] for variable in doc["templating"]["list"]]
     assert {"datasource", "module", "version"} <= set(names)
@@ -217,8 +236,9 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
             assert "$module" in expr, f"{where} is not filtered by module"
             assert "edgeinfer_model_info" in expr, f"{where} is not per module"
     quantiles = [expr for expr in found.values() if "histogram_quantile" in expr]
-    assert quantiles and all("_bucket[$__rate_interval]" in e and "le" in label_names(e)
-                             for e in quantiles)  # fmt: skip
+    assert quantiles and all(
+        "_bucket[$__rate_interval]" in e and "le" in label_names(e) for e in quantiles
+    )
 
 
 def test_every_panel_has_a_data_source_and_a_query_and_its_own_id() -> None:

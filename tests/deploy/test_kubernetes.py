@@ -45,8 +45,12 @@ def kind(name: str, called: str = "edgeinfer") -> dict[str, Any]:
 def test_every_manifest_is_valid_against_the_kubernetes_schemas(version: str) -> None:
     docs = resources()
     assert {d["kind"] for _, d in docs} >= {
-        "ConfigMap", "Secret", "Service", "StatefulSet", "PodDisruptionBudget",
-    }  # fmt: skip
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "StatefulSet",
+        "PodDisruptionBudget",
+    }
     for _, doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)  # raises naming the field
     broken = copy.deepcopy(kind("StatefulSet"))
@@ -84,9 +88,14 @@ def test_the_stateful_set_runs_the_module_the_way_the_config_expects() -> None:
     assert env["EDGEINFER_MODULE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert pod["terminationGracePeriodSeconds"] > config["module"]["shutdown_timeout_s"]
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
-    needed = [config["module"]["state_dir"], config["broker"]["password_file"],
-              config["broker"]["ca_file"], config["broker"]["cert_file"],
-              config["broker"]["key_file"], *config["updates"]["trusted_keys"]]  # fmt: skip
+    needed = [
+        config["module"]["state_dir"],
+        config["broker"]["password_file"],
+        config["broker"]["ca_file"],
+        config["broker"]["cert_file"],
+        config["broker"]["key_file"],
+        *config["updates"]["trusted_keys"],
+    ]
     for path in needed:
         assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), path
     claims = [c["metadata"]["name"] for c in kind("StatefulSet")["spec"]["volumeClaimTemplates"]]

@@ -233,9 +233,10 @@ def test_a_line_image_without_its_batch_dimension_is_answered_over_mqtt_and_http
     status, answer = post(module.http_port, {"id": "h", "features": lines[57].tolist()})
     assert status == 200, answer
     np.testing.assert_allclose(
-        answer["outputs"]["scores"], session.run(None, {"image": lines[57][np.newaxis]})[0],
+        answer["outputs"]["scores"],
+        session.run(None, {"image": lines[57][np.newaxis]})[0],
         rtol=1e-5,
-    )  # fmt: skip
+    )
     status, answer = post(module.http_port, {"id": "h2", "features": lines[57][0].tolist()})
     assert status == 400, answer
     assert answer["reason"] == (

@@ -162,10 +162,28 @@ def test_the_camera_simulator_publishes_real_photographs_as_640x480_jpegs(
 ) -> None:
     sink = Collector(broker.url, ["camtest/+/camera"])
     done = subprocess.run(
-        [sys.executable, "-m", "edgeinfer", "simulate", "--broker", broker.url, "--camera",
-         "--count", "3", "--rate", "0", "--devices", "2", "--topic", "camtest/{device}/camera"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "simulate",
+            "--broker",
+            broker.url,
+            "--camera",
+            "--count",
+            "3",
+            "--rate",
+            "0",
+            "--devices",
+            "2",
+            "--topic",
+            "camtest/{device}/camera",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"sent 3 JPEG frames to {broker.url}"
     got = sink.wait_for(3)

@@ -34,8 +34,11 @@ def test_the_small_model_escalates_uncertain_images_and_the_big_one_answers_them
     )
     cascade = {
         "topic": f"{big.prefix}/sensors/escalated/{{topic}}",
-        "below": BELOW, "margin": MARGIN, "max_fraction": FRACTION, "max_per_s": RATE,
-    }  # fmt: skip
+        "below": BELOW,
+        "margin": MARGIN,
+        "max_fraction": FRACTION,
+        "max_per_s": RATE,
+    }
     if declared == "manifest":
         small_model = install(ocr_cls_model(), tmp_path, "small", {**OCR_CLS, "cascade": cascade})
         env = {}
@@ -61,9 +64,10 @@ def test_the_small_model_escalates_uncertain_images_and_the_big_one_answers_them
     answers.wait_for(len(escalated), timeout=20)
 
     uncertain = [
-        r for r in results
+        r
+        for r in results
         if r["top"][0]["score"] < BELOW or r["top"][0]["score"] - r["top"][1]["score"] < MARGIN
-    ]  # fmt: skip
+    ]
     over = small.metric('edgeinfer_escalations_total{outcome="over_budget"}')
     assert sent == len(escalated) >= 1
     assert sent + over == len(uncertain) > sent  # the budget held some back

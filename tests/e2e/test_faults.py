@@ -50,9 +50,12 @@ def test_a_result_the_broker_refuses_is_reported_on_the_errors_topic_and_only_th
     acl = f"topic readwrite {mid}/#\ntopic readwrite edgeinfer/#\n"  # denied/# is not granted
     with acl_broker(tmp_path, acl)[0].start() as broker:
         module = ModuleProcess(
-            broker.url, ONNX_MODEL, tmp_path, module_id=mid,
+            broker.url,
+            ONNX_MODEL,
+            tmp_path,
+            module_id=mid,
             env={"EDGEINFER_TOPICS_OUTPUT": "denied/{topic}"},
-        ).start()  # fmt: skip
+        ).start()
         modules.append(module)
         sink = Collector(broker.url, [module.errors_topic])
         pub = Publisher(broker.url)
@@ -85,9 +88,12 @@ def test_when_the_errors_topic_is_refused_too_the_reading_waits_unacknowledged_u
     broker.start()
     try:
         module = ModuleProcess(
-            broker.url, ONNX_MODEL, tmp_path, module_id=mid,
+            broker.url,
+            ONNX_MODEL,
+            tmp_path,
+            module_id=mid,
             env={"EDGEINFER_TOPICS_OUTPUT": "denied/{topic}"},
-        ).start()  # fmt: skip
+        ).start()
         modules.append(module)
         pub = Publisher(broker.url)
         for i in range(5):
@@ -233,9 +239,11 @@ def test_one_bad_reading_gets_its_own_error_and_never_breaks_its_batch(
     broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
 ) -> None:
     module = ModuleProcess(
-        broker.url, ONNX_MODEL, tmp_path,
+        broker.url,
+        ONNX_MODEL,
+        tmp_path,
         env={"EDGEINFER_PIPELINE_MAX_BATCH": "16", "EDGEINFER_PIPELINE_MAX_DELAY_MS": "50"},
-    ).start()  # fmt: skip
+    ).start()
     modules.append(module)
     long_leaf = "x" * (65_535 - len(module.topic("")) - 5)
     sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])

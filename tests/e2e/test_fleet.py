@@ -20,8 +20,11 @@ from tests.support import ONNX_MODEL, Collector, ModuleProcess, Publisher, uniqu
 def fleet(broker: LocalBroker, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edgeinfer", "fleet", "status", "--broker", broker.url, *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_fleet_status_shows_every_module_online_or_not_with_labels_and_health(
@@ -32,8 +35,10 @@ def test_fleet_status_shows_every_module_online_or_not_with_labels_and_health(
     started = []
     for site, count in sites.items():
         for n in range(count):
-            env = {"EDGEINFER_MODULE_LABELS": f"site={site},fleet={fleet_id},n={n}",
-                   "EDGEINFER_MODULE_HEALTH_INTERVAL_S": "0.3"}  # fmt: skip
+            env = {
+                "EDGEINFER_MODULE_LABELS": f"site={site},fleet={fleet_id},n={n}",
+                "EDGEINFER_MODULE_HEALTH_INTERVAL_S": "0.3",
+            }
             module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, env=env).start()
             modules.append(module)
             started.append((site, module))

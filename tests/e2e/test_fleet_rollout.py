@@ -80,14 +80,21 @@ class Fleet:
         self.label = unique("fleet")
         self.modules = [
             ModuleProcess(
-                broker.url, ONNX_MODEL, tmp, module_id=f"{self.label}-{n:02d}",
-                env={**UPDATE_ENV, "EDGEINFER_UPDATES_PROBATION_S": "3",
-                     "EDGEINFER_UPDATES_PROBATION_MIN_READINGS": "10",
-                     "EDGEINFER_MODULE_LABELS": f"fleet={self.label},n={n}",
-                     "EDGEINFER_UPDATES_FILE_ROOTS": f"{ROOT / 'models'},{tmp}", **env},
+                broker.url,
+                ONNX_MODEL,
+                tmp,
+                module_id=f"{self.label}-{n:02d}",
+                env={
+                    **UPDATE_ENV,
+                    "EDGEINFER_UPDATES_PROBATION_S": "3",
+                    "EDGEINFER_UPDATES_PROBATION_MIN_READINGS": "10",
+                    "EDGEINFER_MODULE_LABELS": f"fleet={self.label},n={n}",
+                    "EDGEINFER_UPDATES_FILE_ROOTS": f"{ROOT / 'models'},{tmp}",
+                    **env,
+                },
             )
             for n in range(SIZE)
-        ]  # fmt: skip
+        ]
         for module in self.modules:
             module.start(wait=False)
         for module in self.modules:
@@ -98,9 +105,9 @@ class Fleet:
         self.low_windows = recordings.windows[means < self.threshold]
         self.low = low
         self.sink = Collector(
-            broker.url, [f"edgeinfer/{m.module_id}/{t}" for m in self.modules
-                         for t in ("reported", "desired")],
-        )  # fmt: skip
+            broker.url,
+            [f"edgeinfer/{m.module_id}/{t}" for m in self.modules for t in ("reported", "desired")],
+        )
         self._stop = threading.Event()
         self._feeder = threading.Thread(target=self._feed, daemon=True)
         self._feeder.start()
@@ -118,13 +125,26 @@ class Fleet:
         pub.close()
 
     def rollout(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*args), capture_output=True, text=True,
-                              timeout=timeout, check=False)  # fmt: skip
+        return subprocess.run(
+            self.command(*args), capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "edgeinfer", "rollout", "--broker", self.broker.url,
-                "--selector", f"fleet={self.label}", "--state", str(self.tmp / "rollout.json"),
-                "--timeout", "60", *args]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "rollout",
+            "--broker",
+            self.broker.url,
+            "--selector",
+            f"fleet={self.label}",
+            "--state",
+            str(self.tmp / "rollout.json"),
+            "--timeout",
+            "60",
+            *args,
+        ]
 
     def reported(self, module: ModuleProcess) -> dict[str, Any]:
         docs = self.sink.docs(f"edgeinfer/{module.module_id}/reported")
@@ -170,17 +190,36 @@ def test_a_signed_rollout_in_three_waves_leaves_every_module_active(
     broker: LocalBroker, tmp_path: Path, recordings: Recordings
 ) -> None:
     key = Ed25519PrivateKey.generate()
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))  # fmt: skip
-    (tmp_path / "public.pem").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
-    fleet = Fleet(broker, tmp_path, recordings,
-                  EDGEINFER_UPDATES_TRUSTED_KEYS=str(tmp_path / "public.pem"))  # fmt: skip
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "public.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    fleet = Fleet(
+        broker, tmp_path, recordings, EDGEINFER_UPDATES_TRUSTED_KEYS=str(tmp_path / "public.pem")
+    )
     try:
-        args = ("--model", str(INT8_DIR / "model.onnx"), "--version", "1.1.0",
-                "--waves", "1,25%,100%", "--max-failure", "10%", "--min-done", "3",
-                "--sign-key", str(tmp_path / "key.pem"))  # fmt: skip
+        args = (
+            "--model",
+            str(INT8_DIR / "model.onnx"),
+            "--version",
+            "1.1.0",
+            "--waves",
+            "1,25%,100%",
+            "--max-failure",
+            "10%",
+            "--min-done",
+            "3",
+            "--sign-key",
+            str(tmp_path / "key.pem"),
+        )
         dry = fleet.rollout(*args, "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "wave 1: 1 modules" in dry.stdout and "wave 3: 9 modules" in dry.stdout
@@ -217,8 +256,18 @@ def test_a_model_failing_on_a_quarter_stops_the_rollout_and_reverts_every_touche
     fleet = Fleet(broker, tmp_path, recordings, low=low)
     try:
         bad = str(bad_model(tmp_path, fleet))
-        done = fleet.rollout("--model", bad, "--version", "2.0.0", "--waves", "2,6,100%",
-                             "--max-failure", "10%", "--min-done", "2")  # fmt: skip
+        done = fleet.rollout(
+            "--model",
+            bad,
+            "--version",
+            "2.0.0",
+            "--waves",
+            "2,6,100%",
+            "--max-failure",
+            "10%",
+            "--min-done",
+            "2",
+        )
         assert done.returncode == 1, done.stdout + done.stderr
         print(f"\n{done.stdout}")
         state = fleet.state()
@@ -230,8 +279,10 @@ def test_a_model_failing_on_a_quarter_stops_the_rollout_and_reverts_every_touche
         bad = [state["members"][fleet.modules[n].module_id] for n in (2, 5)]
         assert any(m["state"] == "rolled_back" and "NaN" in m["error"] for m in bad), bad
         assert {m["state"] for m in state["members"].values() if m["wave"] == 1} <= {
-            "active", "rolled_back", "interrupted",
-        }  # fmt: skip
+            "active",
+            "rolled_back",
+            "interrupted",
+        }
         for module in fleet.modules:
             if module in touched:
                 assert serving(fleet, module, ("1.0.0", "active")) == ("1.0.0", "active")
@@ -252,8 +303,16 @@ def test_a_rollout_killed_mid_wave_resumes_from_its_state_file(
     fleet = Fleet(broker, tmp_path, recordings)
     model = tmp_path / "int8" / "model.onnx"
     shutil.copytree(INT8_DIR, model.parent)
-    args = ("--model", str(model), "--version", "1.2.0", "--waves", "1,4,100%",
-            "--max-failure", "1")  # fmt: skip
+    args = (
+        "--model",
+        str(model),
+        "--version",
+        "1.2.0",
+        "--waves",
+        "1,4,100%",
+        "--max-failure",
+        "1",
+    )
     try:
         proc = subprocess.Popen(fleet.command(*args), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -262,8 +321,7 @@ def test_a_rollout_killed_mid_wave_resumes_from_its_state_file(
                 state = fleet.state()
             except (FileNotFoundError, orjson.JSONDecodeError):
                 state = {"members": {}}
-            if any(m["wave"] == 1 and m["state"] == "published"
-                   for m in state["members"].values()):  # fmt: skip
+            if any(m["wave"] == 1 and m["state"] == "published" for m in state["members"].values()):
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)

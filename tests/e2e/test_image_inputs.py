@@ -107,8 +107,11 @@ def test_sizes_past_4096_pixels_a_side_are_refused_before_anything_is_allocated(
     from edgeinfer.manifest.document import Manifest
 
     doc = {"name": "m", "preprocess": {"resize": {"width": 40000, "height": 300}}}
-    with pytest.raises(ModelError, match=r"preprocess.resize.width = 40000: expected an "
-                       r"integer in 1..4096"):  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"preprocess.resize.width = 40000: expected an "
+        r"integer in 1..4096",
+    ):
         Manifest.from_doc(doc, "manifest.json")
     huge = (TensorSpec("x", np.dtype(np.float32), (1, 5000, 5000, 3)),)
     with pytest.raises(ModelError, match=r"is 5000x5000: expected sides of at most 4096"):

@@ -53,8 +53,9 @@ class Replicas:
         self.sent: list[float] = []  # time.monotonic() each reading was sent, by id
 
     def replica(self, module_id: str) -> ModuleProcess:
-        return ModuleProcess(self.broker.url, ONNX_MODEL, self.tmp, module_id=module_id,
-                             env=self.env)  # fmt: skip
+        return ModuleProcess(
+            self.broker.url, ONNX_MODEL, self.tmp, module_id=module_id, env=self.env
+        )
 
     def load(self, recordings: Recordings, count: int, rate: float) -> threading.Thread:
         """Send ``count`` readings at ``rate`` a second over 10 topics, from a thread."""
@@ -157,10 +158,25 @@ def run_module(
 ) -> subprocess.CompletedProcess[str]:
     seed = ["--model", str(model)] if model is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "edgeinfer", "run", "--broker", broker.url, *seed,
-         "--module-id", unique("w"), "--state-dir", str(state)],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "run",
+            "--broker",
+            broker.url,
+            *seed,
+            "--module-id",
+            unique("w"),
+            "--state-dir",
+            str(state),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_windows_on_a_shared_subscription_need_a_broker_that_keeps_topics_together(

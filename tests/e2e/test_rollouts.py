@@ -64,9 +64,13 @@ def rollout_desired(server: ModelServer, body: bytes, version: str, **rollout: A
     if body == INT8:
         rollout.setdefault("gates", LENIENT)
     return desired_for(
-        url, body, version=version, labels=HAR_LABELS, rollout=rollout,
+        url,
+        body,
+        version=version,
+        labels=HAR_LABELS,
+        rollout=rollout,
         self_test={"inputs": HAR_SELF_TEST["inputs"]},
-    )  # fmt: skip
+    )
 
 
 def send(rig: Rig, recordings: Recordings, ids: range, devices: list[str] | None = None) -> None:
@@ -132,8 +136,11 @@ def test_a_confidently_wrong_candidate_in_shadow_is_rolled_back_and_never_answer
     rig: Rig, server: ModelServer, recordings: Recordings
 ) -> None:
     rig.sink.client.subscribe(f"edgeinfer/{rig.module.module_id}/shadow/#", qos=0)
-    rig.desire(rollout_desired(server, shuffled_model(), "9.0.0", mode="shadow",
-                               percent=100, min_samples=40))  # fmt: skip
+    rig.desire(
+        rollout_desired(
+            server, shuffled_model(), "9.0.0", mode="shadow", percent=100, min_samples=40
+        )
+    )
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("verdict") == "running")
     report, sent = send_until(rig, recordings, update_is("rolled_back", "9.0.0"), 200)
     assert "min_agreement" in report["update"]["error"]
@@ -156,8 +163,7 @@ def test_a_confidently_wrong_candidate_in_shadow_is_rolled_back_and_never_answer
 def test_a_good_candidate_in_shadow_is_promoted_through_the_store(
     rig: Rig, server: ModelServer, recordings: Recordings
 ) -> None:
-    rig.desire(rollout_desired(server, INT8, "1.1.0", mode="shadow", percent=50,
-                               min_samples=30))  # fmt: skip
+    rig.desire(rollout_desired(server, INT8, "1.1.0", mode="shadow", percent=50, min_samples=30))
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("verdict") == "running")
     report, sent = send_until(
         rig, recordings, lambda d: d.get("rollout", {}).get("verdict") == "promoted", 150
@@ -177,8 +183,11 @@ def test_a_good_candidate_in_shadow_is_promoted_through_the_store(
 def test_a_canary_answers_a_quarter_of_the_streams_always_the_same_ones(
     rig: Rig, server: ModelServer, recordings: Recordings
 ) -> None:
-    rig.desire(rollout_desired(server, INT8, "1.1.0", mode="canary", steps=[25, 100],
-                               dwell_s=600, min_samples=10))  # fmt: skip
+    rig.desire(
+        rollout_desired(
+            server, INT8, "1.1.0", mode="canary", steps=[25, 100], dwell_s=600, min_samples=10
+        )
+    )
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("percent") == 25)
     devices = split(rig, 10, 30, 25)
     send(rig, recordings, range(400), devices=devices)
@@ -195,10 +204,21 @@ def test_a_canary_answers_a_quarter_of_the_streams_always_the_same_ones(
     counts = report["rollout"]["counts"]
     assert counts["1.1.0"]["answered"] > 0 and counts["active"]["answered"] > 0
     shown = subprocess.run(
-        [sys.executable, "-m", "edgeinfer", "status", "--module-id", rig.module.module_id,
-         "--broker", rig.module.cmd[rig.module.cmd.index("--broker") + 1]],
-        capture_output=True, text=True, timeout=30, check=True,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "status",
+            "--module-id",
+            rig.module.module_id,
+            "--broker",
+            rig.module.cmd[rig.module.cmd.index("--broker") + 1],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     assert "rollout   canary of har 1.1.0: step 1/2, 25%" in shown
     assert re.search(r"  1\.1\.0\s+\d+\s+0\s+0", shown), shown
     assert re.search(r"  min_agreement\s+[\d.]+\s+0\.9\s+ok", shown), shown
@@ -207,8 +227,11 @@ def test_a_canary_answers_a_quarter_of_the_streams_always_the_same_ones(
 def test_a_module_killed_mid_canary_resumes_at_its_step(
     rig: Rig, server: ModelServer, recordings: Recordings, modules: list[ModuleProcess]
 ) -> None:
-    rig.desire(rollout_desired(server, INT8, "1.1.0", mode="canary", steps=[25, 50, 100],
-                               dwell_s=2, min_samples=10))  # fmt: skip
+    rig.desire(
+        rollout_desired(
+            server, INT8, "1.1.0", mode="canary", steps=[25, 50, 100], dwell_s=2, min_samples=10
+        )
+    )
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("verdict") == "running")
     devices = split(rig, 10, 30, 25)
     send(rig, recordings, range(200), devices=devices)  # a quarter of 40 streams: 50 readings
@@ -281,8 +304,15 @@ def test_a_canary_that_answers_nan_is_rolled_back_on_its_own_answers(
     body = nan_below_model(float(means[best]) - 1e-3)  # finite on one recording of 40
     url = server.add("/har-6.6.6.onnx", body)
     self_test = {"inputs": {"features": recordings.windows[best].tolist()}}
-    rig.desire(desired_for(url, body, version="6.6.6", self_test=self_test, rollout={
-        "mode": "canary", "steps": [50, 100], "min_samples": 10, "dwell_s": 600}))  # fmt: skip
+    rig.desire(
+        desired_for(
+            url,
+            body,
+            version="6.6.6",
+            self_test=self_test,
+            rollout={"mode": "canary", "steps": [50, 100], "min_samples": 10, "dwell_s": 600},
+        )
+    )
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("verdict") == "running")
     devices = split(rig, 10, 10, 50)
     send(rig, recordings, range(200), devices=devices)
@@ -298,8 +328,17 @@ def test_a_canary_that_answers_nan_is_rolled_back_on_its_own_answers(
 def test_a_paused_rollout_stays_paused_across_a_restart(
     rig: Rig, server: ModelServer, recordings: Recordings
 ) -> None:
-    rig.desire(rollout_desired(server, shuffled_model(), "9.1.0", mode="canary",
-                               steps=[50, 100], min_samples=20, on_fail="pause"))  # fmt: skip
+    rig.desire(
+        rollout_desired(
+            server,
+            shuffled_model(),
+            "9.1.0",
+            mode="canary",
+            steps=[50, 100],
+            min_samples=20,
+            on_fail="pause",
+        )
+    )
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("verdict") == "running")
     devices = split(rig, 10, 10, 50)
     send(rig, recordings, range(200), devices=devices)
@@ -320,8 +359,11 @@ def test_a_paused_rollout_stays_paused_across_a_restart(
 def test_sticky_by_a_payload_field_routes_devices_and_keeps_each_topics_order(
     rig: Rig, server: ModelServer, recordings: Recordings
 ) -> None:
-    rig.desire(rollout_desired(server, INT8, "1.1.0", mode="ab", percent=50,
-                               sticky_by="device", min_samples=10**6))  # fmt: skip
+    rig.desire(
+        rollout_desired(
+            server, INT8, "1.1.0", mode="ab", percent=50, sticky_by="device", min_samples=10**6
+        )
+    )
     wait_reported(rig.sink, lambda d: d.get("rollout", {}).get("mode") == "ab")
     topic = rig.module.topic("gateway")
     devices = [f"dev-{n}" for n in range(16)]

@@ -195,8 +195,11 @@ def test_a_model_refused_at_start_leaves_a_new_store_empty_and_the_next_start_wo
         assert layout(state) == {"versions": [], "current": None, "previous": None}, bad
     module = serve(broker, ONNX_MODEL, tmp_path, mid, modules)
     assert answer(broker, module, recordings)["version"] == "1.0.0"
-    assert layout(state) == {"versions": ["har/1.0.0"], "current": "models/har/1.0.0",
-                             "previous": None}  # fmt: skip
+    assert layout(state) == {
+        "versions": ["har/1.0.0"],
+        "current": "models/har/1.0.0",
+        "previous": None,
+    }
 
 
 def test_a_model_refused_on_a_used_store_leaves_its_current_as_it_was(
@@ -239,8 +242,13 @@ def test_another_model_on_a_used_store_is_installed_as_a_new_version_the_same_on
     first = serve(broker, ONNX_MODEL, tmp_path, mid, modules)
     assert answer(broker, first, recordings)["version"] == "1.0.0"
     first.stop()
-    newer = model_dir(tmp_path, "newer", TFLITE_MODEL.read_bytes(), "tflite",
-                      {**HAR_TFLITE_MANIFEST, "version": "1.1.0"})  # fmt: skip
+    newer = model_dir(
+        tmp_path,
+        "newer",
+        TFLITE_MODEL.read_bytes(),
+        "tflite",
+        {**HAR_TFLITE_MANIFEST, "version": "1.1.0"},
+    )
     second = serve(broker, newer, tmp_path, mid, modules)
     assert answer(broker, second, recordings)["version"] == "1.1.0"
     assert layout(state) == both_with("1.1.0", "1.0.0")

@@ -42,9 +42,13 @@ def test_windows_of_single_samples_equal_an_offline_windowed_reference(
         for first, last, want in reference_windows(ONNX_MODEL, samples, 100, 50):
             doc = got[(topic, first)]
             assert doc["window"] == {
-                "key": topic, "first_id": first, "last_id": last,
-                "first_ts": 1000 + first, "last_ts": 1000 + last, "samples": 100,
-            }  # fmt: skip
+                "key": topic,
+                "first_id": first,
+                "last_id": last,
+                "first_ts": 1000 + first,
+                "last_ts": 1000 + last,
+                "samples": 100,
+            }
             assert doc["id"] == last and doc["ts"] == 1000 + last
             np.testing.assert_allclose(doc["outputs"]["probabilities"][0], want, rtol=1e-5)
     assert len(rig.acked) == 6 * 200  # every sample acknowledged, windows or not

@@ -68,10 +68,12 @@ def test_a_recurrent_model_batched_answers_each_stream_as_if_alone(
     rng = np.random.default_rng(7)
     length = 576 + 512 * 9
     audio = {
-        f"mic{k}": (0.4 * np.sin(np.arange(length) / (3 + k)) * (np.arange(length) > 1500 * k)
-                    + 0.02 * rng.standard_normal(length)).astype(np.float32)
+        f"mic{k}": (
+            0.4 * np.sin(np.arange(length) / (3 + k)) * (np.arange(length) > 1500 * k)
+            + 0.02 * rng.standard_normal(length)
+        ).astype(np.float32)
         for k in range(8)
-    }  # fmt: skip
+    }
     pub = Publisher(broker.url)
     for start in range(0, length, 256):  # microphone nodes: chunks of 256 samples
         for name, samples in audio.items():
@@ -151,9 +153,13 @@ def test_results_report_the_window_and_the_reported_state_the_streams(
     pub.flush()
     (doc,) = _wait_windows(sink, 1, timeout=20).values()
     assert doc["window"] == {
-        "key": "imu-7", "first_id": 0, "last_id": 99, "first_ts": 0.0, "last_ts": 9.9,
+        "key": "imu-7",
+        "first_id": 0,
+        "last_id": 99,
+        "first_ts": 0.0,
+        "last_ts": 9.9,
         "samples": 100,
-    }  # fmt: skip
+    }
     deadline = time.monotonic() + 10
     while not sink.docs("/errors") and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -172,11 +178,28 @@ def test_simulate_per_sample_feeds_the_streaming_sample_model(
     module = ModuleProcess(broker.url, STREAM_MODEL, tmp_path).start()
     sink = Collector(broker.url, [module.result_topic("+/imu")])
     result = subprocess.run(
-        [sys.executable, "-m", "edgeinfer", "simulate", "--broker", broker.url, "--per-sample",
-         "--rate", "0", "--count", "100", "--devices", "3",
-         "--topic", f"{module.prefix}/sensors/{{device}}/imu"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edgeinfer",
+            "simulate",
+            "--broker",
+            broker.url,
+            "--per-sample",
+            "--rate",
+            "0",
+            "--count",
+            "100",
+            "--devices",
+            "3",
+            "--topic",
+            f"{module.prefix}/sensors/{{device}}/imu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"sent 300 samples to {broker.url}"
     found = _wait_windows(sink, 3, timeout=20)

@@ -25,11 +25,27 @@ def test_the_module_serves_through_the_embedded_pure_python_broker(
         modules.append(module)
         sink = Collector(broker.url, [module.result_topic("+/imu")], protocol="3.1.1")
         result = subprocess.run(
-            [sys.executable, "-m", "edgeinfer", "simulate", "--broker", broker.url,
-             "--protocol", "3.1.1", "--rate", "0", "--count", "40",
-             "--topic", f"{module.prefix}/sensors/{{device}}/imu"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "edgeinfer",
+                "simulate",
+                "--broker",
+                broker.url,
+                "--protocol",
+                "3.1.1",
+                "--rate",
+                "0",
+                "--count",
+                "40",
+                "--topic",
+                f"{module.prefix}/sensors/{{device}}/imu",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"sent 40 readings to {broker.url}"
         sink.wait_for(40, timeout=20)
@@ -45,8 +61,11 @@ def test_the_module_serves_through_the_embedded_pure_python_broker(
 def test_the_demo_shows_live_results_and_a_summary_with_nothing_lost() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgeinfer", "demo", "--duration", "1"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "[demo] module ready in" in out

@@ -231,15 +231,20 @@ def big_model() -> bytes:
 
     pad = numpy_helper.from_array(np.zeros((300_000,), np.float32), "pad")
     return onnx_model(
-        [helper.make_node("ReduceSum", ["pad"], ["zero"], keepdims=0),
-         helper.make_node("ReduceMean", ["window"], ["m"], axes=[1], keepdims=0),
-         helper.make_node("Slice", ["m", "s0", "s4", "ax"], ["m4"]),
-         helper.make_node("Add", ["m4", "zero"], ["sum"]),
-         helper.make_node("Softmax", ["sum"], ["probabilities"], axis=-1)],
+        [
+            helper.make_node("ReduceSum", ["pad"], ["zero"], keepdims=0),
+            helper.make_node("ReduceMean", ["window"], ["m"], axes=[1], keepdims=0),
+            helper.make_node("Slice", ["m", "s0", "s4", "ax"], ["m4"]),
+            helper.make_node("Add", ["m4", "zero"], ["sum"]),
+            helper.make_node("Softmax", ["sum"], ["probabilities"], axis=-1),
+        ],
         [("probabilities", ["batch", 4])],
-        [pad] + [numpy_helper.from_array(np.array([v], np.int64), n)
-                 for n, v in (("s0", 0), ("s4", 4), ("ax", 1))],
-    )  # fmt: skip
+        [pad]
+        + [
+            numpy_helper.from_array(np.array([v], np.int64), n)
+            for n, v in (("s0", 0), ("s4", 4), ("ax", 1))
+        ],
+    )
 
 
 @contextlib.contextmanager
@@ -248,8 +253,9 @@ def small_disk(path: Path, size: str) -> Iterator[bool]:
     path.mkdir(parents=True)
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        check=False,
+    )
     try:
         yield done.returncode == 0
     finally:
@@ -265,9 +271,11 @@ def test_a_disk_that_fills_during_install_fails_the_update_and_leaves_nothing_be
         if not mounted:
             pytest.fail("cannot mount a tmpfs here: run the suite as root (CI does)")
         module = ModuleProcess(
-            broker.url, ONNX_MODEL, tmp_path,
+            broker.url,
+            ONNX_MODEL,
+            tmp_path,
             env={"EDGEINFER_UPDATES_ALLOW_HTTP": "true", "EDGEINFER_UPDATES_PROBATION_S": "0.5"},
-        )  # fmt: skip
+        )
         module.state_dir = tmp_path / "disk" / "state"
         module.cmd[module.cmd.index("--state-dir") + 1] = str(module.state_dir)
         modules.append(module.start())
@@ -310,11 +318,16 @@ def test_signed_documents_must_name_this_module_and_old_inbox_manifests_are_repl
     # Offline: a newer signed manifest installs, an older one is a replay.
     for version, sequence in (("3.0.0", 20), ("3.1.0", 15)):
         manifest = {
-            "name": "har", "version": version, "format": "tflite",
-            "sha256": hashlib.sha256(TFLITE).hexdigest(), "size": len(TFLITE),
-            "labels": HAR_LABELS, "self_test": HAR_SELF_TEST, "sequence": sequence,
+            "name": "har",
+            "version": version,
+            "format": "tflite",
+            "sha256": hashlib.sha256(TFLITE).hexdigest(),
+            "size": len(TFLITE),
+            "labels": HAR_LABELS,
+            "self_test": HAR_SELF_TEST,
+            "sequence": sequence,
             "target": {"module_id": a.module.module_id},
-        }  # fmt: skip
+        }
         (a.store / "inbox" / "har.tflite").write_bytes(TFLITE)
         (a.store / "inbox" / "manifest.json").write_bytes(orjson.dumps(signed(manifest, key)))
         if version == "3.0.0":

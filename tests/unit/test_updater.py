@@ -114,9 +114,12 @@ def test_an_inbox_install_superseded_by_a_desired_state_is_set_aside_with_the_re
     inbox = harness.store.inbox
     (inbox / "har.tflite").write_bytes(TFLITE)
     manifest = {
-        "name": "har", "version": "2.0.0", "format": "tflite",
-        "sha256": hashlib.sha256(TFLITE).hexdigest(), "size": len(TFLITE),
-    }  # fmt: skip
+        "name": "har",
+        "version": "2.0.0",
+        "format": "tflite",
+        "sha256": hashlib.sha256(TFLITE).hexdigest(),
+        "size": len(TFLITE),
+    }
     (inbox / "manifest.json").write_bytes(orjson.dumps(manifest))
     harness.updater.start()
     harness.updater.submit_local("inbox")

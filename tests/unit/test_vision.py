@@ -48,39 +48,68 @@ def test_a_manifest_keeps_its_vision_blocks_through_its_json_document() -> None:
     again = Manifest.from_doc(orjson.loads(m.to_json()), "again")
     assert again.preprocess == m.preprocess and again.cascade == m.cascade
     assert again.postprocess == TopKSpec(k=2)
-    face = manifest(postprocess={"type": "detect", "format": "ssd_anchors", "anchors": FACE_ANCHORS,
-                                 "outputs": {"boxes": "r", "scores": "c"}})  # fmt: skip
+    face = manifest(
+        postprocess={
+            "type": "detect",
+            "format": "ssd_anchors",
+            "anchors": FACE_ANCHORS,
+            "outputs": {"boxes": "r", "scores": "c"},
+        }
+    )
     assert Manifest.from_doc(orjson.loads(face.to_json()), "x").postprocess == face.postprocess
 
 
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"preprocess": {"color": "HSV"}},
-         "manifest.json: preprocess.color = 'HSV': expected one of ['RGB', 'BGR', 'L']"),
-        ({"preprocess": {"resize": {"mode": "zoom"}}},
-         "manifest.json: preprocess.resize.mode = 'zoom': expected one of "
-         "['stretch', 'fit', 'crop']"),
-        ({"preprocess": {"normalize": {"std": [1, 0, 1]}}},
-         "manifest.json: preprocess.normalize.std = (1.0, 0.0, 1.0): expected no zeros"),
-        ({"preprocess": {"normalize": {"mean": [1, 2]}}},
-         "manifest.json: preprocess.normalize.mean has 2 values: expected 1 or 3 "
-         "(one per RGB channel)"),
-        ({"postprocess": {"type": "segment"}},
-         "manifest.json: postprocess.type = 'segment': expected \"topk\" or \"detect\""),
-        ({"postprocess": {"type": "detect", "format": "ssd_anchors",
-                          "outputs": {"boxes": "a", "scores": "b"}}},
-         "manifest.json: postprocess.anchors is missing: format 'ssd_anchors' expects the "
-         "anchor options (num_layers, strides, min_scale, max_scale, ...)"),
-        ({"cascade": {"topic": "up/#", "below": 0.5}},
-         "manifest.json: cascade.topic = 'up/#': expected a topic template such as "
-         "escalate/{topic} (a wildcard ('#' or '+'): a template renders one concrete topic)"),
-        ({"cascade": {"topic": "up/{topic}"}},
-         "manifest.json: cascade has neither below nor margin: expected at least one"),
-        ({"cascade": {"topic": "up/{topic}", "below": 0.5, "max_fraction": 2}},
-         "manifest.json: cascade.max_fraction = 2: expected a number in 0.0..1.0"),
+        (
+            {"preprocess": {"color": "HSV"}},
+            "manifest.json: preprocess.color = 'HSV': expected one of ['RGB', 'BGR', 'L']",
+        ),
+        (
+            {"preprocess": {"resize": {"mode": "zoom"}}},
+            "manifest.json: preprocess.resize.mode = 'zoom': expected one of "
+            "['stretch', 'fit', 'crop']",
+        ),
+        (
+            {"preprocess": {"normalize": {"std": [1, 0, 1]}}},
+            "manifest.json: preprocess.normalize.std = (1.0, 0.0, 1.0): expected no zeros",
+        ),
+        (
+            {"preprocess": {"normalize": {"mean": [1, 2]}}},
+            "manifest.json: preprocess.normalize.mean has 2 values: expected 1 or 3 "
+            "(one per RGB channel)",
+        ),
+        (
+            {"postprocess": {"type": "segment"}},
+            'manifest.json: postprocess.type = \'segment\': expected "topk" or "detect"',
+        ),
+        (
+            {
+                "postprocess": {
+                    "type": "detect",
+                    "format": "ssd_anchors",
+                    "outputs": {"boxes": "a", "scores": "b"},
+                }
+            },
+            "manifest.json: postprocess.anchors is missing: format 'ssd_anchors' expects the "
+            "anchor options (num_layers, strides, min_scale, max_scale, ...)",
+        ),
+        (
+            {"cascade": {"topic": "up/#", "below": 0.5}},
+            "manifest.json: cascade.topic = 'up/#': expected a topic template such as "
+            "escalate/{topic} (a wildcard ('#' or '+'): a template renders one concrete topic)",
+        ),
+        (
+            {"cascade": {"topic": "up/{topic}"}},
+            "manifest.json: cascade has neither below nor margin: expected at least one",
+        ),
+        (
+            {"cascade": {"topic": "up/{topic}", "below": 0.5, "max_fraction": 2}},
+            "manifest.json: cascade.max_fraction = 2: expected a number in 0.0..1.0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_vision_block_is_refused_naming_the_key_and_what_was_expected(
     doc: dict[str, object], message: str
 ) -> None:
@@ -90,8 +119,7 @@ def test_a_bad_vision_block_is_refused_naming_the_key_and_what_was_expected(
 
 
 def test_a_desired_state_carries_the_vision_blocks_and_refuses_bad_ones() -> None:
-    model = {"name": "m", "version": "2", "url": "https://x/m.onnx", "sha256": "a" * 64,
-             "size": 10}  # fmt: skip
+    model = {"name": "m", "version": "2", "url": "https://x/m.onnx", "sha256": "a" * 64, "size": 10}
     good = parse_desired(orjson.dumps({"model": model, **ORIENTATION}), ("https",))
     assert good.manifest("onnx").postprocess == TopKSpec(k=2)
     bad = {"model": model, "postprocess": {"type": "topk", "k": 0}}
@@ -185,14 +213,21 @@ def _resize(mode: str, pad: int = 0) -> ResizeSpec:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"topic": "up/+"}, "cascade.topic = 'up/+': expected a topic template such as "
-         "escalate/{topic} (a wildcard ('#' or '+'): a template renders one concrete topic)"),
-        ({"topic": "up/{topic}"}, "cascade.below = 0.0: expected a score > 0, or "
-         "cascade.margin > 0"),
-        ({"topic": "up/{topic}", "below": 0.5, "max_fraction": 1.5},
-         "cascade.max_fraction = 1.5: expected a fraction in 0..1"),
+        (
+            {"topic": "up/+"},
+            "cascade.topic = 'up/+': expected a topic template such as "
+            "escalate/{topic} (a wildcard ('#' or '+'): a template renders one concrete topic)",
+        ),
+        (
+            {"topic": "up/{topic}"},
+            "cascade.below = 0.0: expected a score > 0, or cascade.margin > 0",
+        ),
+        (
+            {"topic": "up/{topic}", "below": 0.5, "max_fraction": 1.5},
+            "cascade.max_fraction = 1.5: expected a fraction in 0..1",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_cascade_section_is_refused_naming_the_key(
     section: dict[str, object], message: str
 ) -> None:

@@ -74,9 +74,15 @@ def deploy(args: argparse.Namespace) -> int:
 
     # Published once the follower is subscribed: no early step goes unseen.
     follow = functools.partial(
-        follow_update, broker_settings(args), args.module_id, model["name"], model["version"],
-        time.time(), args.timeout, start=publish,
-    )  # fmt: skip
+        follow_update,
+        broker_settings(args),
+        args.module_id,
+        model["name"],
+        model["version"],
+        time.time(),
+        args.timeout,
+        start=publish,
+    )
     console = Console(stderr=True)
     if console.is_terminal:  # a bar for the download and the steps, then the outcome
         last = [""]
@@ -300,7 +306,15 @@ def quantize(args: argparse.Namespace) -> int:
 
 #: Every command, by the name it is typed as.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": run, "deploy": deploy, "status": status, "fleet": fleet, "rollout": rollout,
-    "health": health, "simulate": simulate, "demo": demo, "inspect": inspect, "bench": bench,
+    "run": run,
+    "deploy": deploy,
+    "status": status,
+    "fleet": fleet,
+    "rollout": rollout,
+    "health": health,
+    "simulate": simulate,
+    "demo": demo,
+    "inspect": inspect,
+    "bench": bench,
     "quantize": quantize,
-}  # fmt: skip
+}

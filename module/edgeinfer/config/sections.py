@@ -57,8 +57,12 @@ class ModuleConfig:
             "1-64 characters of letters, digits, '_', '-', '.', starting with a letter or digit",
         )
         _require(bool(self.state_dir), "module.state_dir", self.state_dir, "a directory path")
-        _require(self.health_interval_s >= 0, "module.health_interval_s",
-                 self.health_interval_s, "a number of seconds >= 0 (0: off)")  # fmt: skip
+        _require(
+            self.health_interval_s >= 0,
+            "module.health_interval_s",
+            self.health_interval_s,
+            "a number of seconds >= 0 (0: off)",
+        )
         _require(
             self.shutdown_timeout_s > 0,
             "module.shutdown_timeout_s",

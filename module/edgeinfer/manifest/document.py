@@ -137,9 +137,25 @@ class Manifest:
         quantized_io = doc.get("quantized_io", "float")
         if quantized_io not in ("float", "raw"):
             raise ModelError(f'{where}: quantized_io = {quantized_io!r}: expected "float" or "raw"')
-        known = {"name", "version", "format", "sha256", "size", "labels", "self_test", "source",
-                 "batch_axes", "label_output", "score_output", "quantized_io", "window",
-                 "state", "preprocess", "postprocess", "cascade"}  # fmt: skip
+        known = {
+            "name",
+            "version",
+            "format",
+            "sha256",
+            "size",
+            "labels",
+            "self_test",
+            "source",
+            "batch_axes",
+            "label_output",
+            "score_output",
+            "quantized_io",
+            "window",
+            "state",
+            "preprocess",
+            "postprocess",
+            "cascade",
+        }
         window = doc.get("window")
         state = doc.get("state")
         pre, post, cascade = (doc.get(k) for k in ("preprocess", "postprocess", "cascade"))

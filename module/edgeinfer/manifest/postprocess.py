@@ -165,8 +165,19 @@ def postprocess_from_doc(doc: object, where: str) -> PostprocessSpec:
 
 
 def _detect(doc: object, where: str) -> DetectSpec:
-    known = {"type", "format", "score_min", "iou", "max_detections", "outputs", "box",
-             "normalized", "activation", "ignore_classes", *SSD_KEYS}  # fmt: skip
+    known = {
+        "type",
+        "format",
+        "score_min",
+        "iou",
+        "max_detections",
+        "outputs",
+        "box",
+        "normalized",
+        "activation",
+        "ignore_classes",
+        *SSD_KEYS,
+    }
     doc = check_keys(doc, "postprocess", known, where)
     fmt = choice(doc.get("format"), "postprocess.format", FORMATS, where)
     outputs = _outputs(doc, fmt, where)
@@ -249,11 +260,17 @@ def postprocess_to_doc(spec: PostprocessSpec) -> dict[str, Any]:
             doc["output"] = spec.output
         return doc
     doc = {
-        "type": "detect", "format": spec.format, "score_min": spec.score_min, "iou": spec.iou,
-        "max_detections": spec.max_detections, "outputs": dict(spec.outputs), "box": spec.box,
-        "normalized": spec.normalized, "activation": spec.activation,
+        "type": "detect",
+        "format": spec.format,
+        "score_min": spec.score_min,
+        "iou": spec.iou,
+        "max_detections": spec.max_detections,
+        "outputs": dict(spec.outputs),
+        "box": spec.box,
+        "normalized": spec.normalized,
+        "activation": spec.activation,
         "box_scale": list(spec.box_scale),
-    }  # fmt: skip
+    }
     # The keys this version added, only when used: the previous one reads the rest.
     if spec.box_size != "linear":
         doc["box_size"] = spec.box_size

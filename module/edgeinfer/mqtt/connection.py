@@ -299,9 +299,13 @@ class MqttConnection:
         # CONNECT of a protocol version they do not speak.
         self.last_error = (
             f"no CONNACK from {self._config.url} within {self._config.keepalive_s} s"
-            + (' (a broker that only speaks MQTT 3.1.1 ignores an MQTT 5 CONNECT: '
-               'try broker.protocol = "3.1.1")' if self._v5 else "")
-        )  # fmt: skip
+            + (
+                " (a broker that only speaks MQTT 3.1.1 ignores an MQTT 5 CONNECT: "
+                'try broker.protocol = "3.1.1")'
+                if self._v5
+                else ""
+            )
+        )
         log.error("%s", self.last_error)
         self._answered = True  # so on_disconnect keeps this reason
         self._client.disconnect()

@@ -66,8 +66,10 @@ class HealthPublisher:
         totals = self._totals()
         seconds = max(now - self._at, 1e-9)
         delta = {key: totals[key] - self._last[key] for key in ("readings", "errors")}
-        buckets = [(le, totals["buckets"][le] - self._last["buckets"].get(le, 0.0))
-                   for le in totals["buckets"]]  # fmt: skip
+        buckets = [
+            (le, totals["buckets"][le] - self._last["buckets"].get(le, 0.0))
+            for le in totals["buckets"]
+        ]
         self._last, self._at = totals, now
         return {
             "ts": time.time(),

@@ -161,9 +161,13 @@ class RoutedAnswers:
         return stats.seconds
 
     def _publish_shadow(
-        self, model: LoadedModel, message: Message, reading: Reading, outputs: dict[str, Value],
+        self,
+        model: LoadedModel,
+        message: Message,
+        reading: Reading,
+        outputs: dict[str, Value],
         now: float,
-    ) -> None:  # fmt: skip
+    ) -> None:
         shown: Mapping[str, Value] = outputs
         fields: dict[str, Any] | None = None
         if model.vision is not None:  # its labels or boxes, as its answer would have them

@@ -178,9 +178,10 @@ class Comparison:
             return {"active": None, "candidate": None, "batch": None}
         size = max(
             sizes,
-            key=lambda n: min(len(self._latencies[("active", n)]),
-                              len(self._latencies[("candidate", n)])),
-        )  # fmt: skip
+            key=lambda n: min(
+                len(self._latencies[("active", n)]), len(self._latencies[("candidate", n)])
+            ),
+        )
         return {
             "active": float(np.percentile(list(self._latencies[("active", size)]), 95)),
             "candidate": float(np.percentile(list(self._latencies[("candidate", size)]), 95)),

@@ -85,8 +85,12 @@ class WindowedAnswers:
         """Whether ``plan`` takes the same samples and windows, so buffers carry over."""
         a, b = self.plan, plan
         return (a.window.size, a.window.hop, a.window.key, a.sample, a.dtype) == (
-            b.window.size, b.window.hop, b.window.key, b.sample, b.dtype,
-        )  # fmt: skip
+            b.window.size,
+            b.window.hop,
+            b.window.key,
+            b.sample,
+            b.dtype,
+        )
 
     def take_over(self, old: WindowedAnswers | None) -> None:
         """Continue from ``old`` (a model swap), or from the journal (start-up).

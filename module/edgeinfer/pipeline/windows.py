@@ -69,10 +69,27 @@ class Stream:
     """
 
     __slots__ = (
-        "count", "data", "floor", "fresh", "hop", "key", "last_id", "last_row", "last_sample_ts",
-        "last_seen", "last_seq", "last_ts", "origin", "sample", "seen", "seen_n", "size", "starts",
-        "state", "topic",
-    )  # fmt: skip
+        "count",
+        "data",
+        "floor",
+        "fresh",
+        "hop",
+        "key",
+        "last_id",
+        "last_row",
+        "last_sample_ts",
+        "last_seen",
+        "last_seq",
+        "last_ts",
+        "origin",
+        "sample",
+        "seen",
+        "seen_n",
+        "size",
+        "starts",
+        "state",
+        "topic",
+    )
 
     def __init__(self, key: str, size: int, hop: int, sample: tuple[int, ...], dtype: Any) -> None:
         self.key = key
@@ -172,9 +189,18 @@ class Stream:
         # Where the next window starts (hop < size: already buffered), else the next sample.
         resume = self.starts[0][2] if self.starts else (seq, row + 1)
         window = Window(
-            self.key, self.topic, self.data.copy(), self.size, first_id, last_id,
-            first_ts, last_ts, received, resume, self,
-        )  # fmt: skip
+            self.key,
+            self.topic,
+            self.data.copy(),
+            self.size,
+            first_id,
+            last_id,
+            first_ts,
+            last_ts,
+            received,
+            resume,
+            self,
+        )
         keep = self.size - self.hop
         if keep > 0:
             self.data[:keep] = self.data[self.hop :]
@@ -200,9 +226,18 @@ class Stream:
             data = np.zeros_like(self.data)
             data[: self.count] = self.data[: self.count]
             window = Window(
-                self.key, self.topic, data, self.count, first_id, last_id, first_ts, last_ts,
-                received, resume, self,
-            )  # fmt: skip
+                self.key,
+                self.topic,
+                data,
+                self.count,
+                first_id,
+                last_id,
+                first_ts,
+                last_ts,
+                received,
+                resume,
+                self,
+            )
         self._restart()
         self.floor = resume
         return window, resume

@@ -78,10 +78,11 @@ class LabelRule:
         if isinstance(scores, np.ndarray) and scores.ndim >= 1:
             flat = float_view(scores).reshape(len(scores), -1)
             return [
-                float(flat[row, label]) if isinstance(label, int) and label < flat.shape[1]
+                float(flat[row, label])
+                if isinstance(label, int) and label < flat.shape[1]
                 else float(flat[row].max())
                 for row, label in enumerate(label_rows[: len(flat)])
-            ]  # fmt: skip
+            ]
         return []
 
 

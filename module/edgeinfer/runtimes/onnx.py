@@ -25,14 +25,28 @@ from edgeinfer.runtimes.base import MAP, SEQUENCE, Array, Dim, TensorSpec, Value
 log = logging.getLogger(__name__)
 
 _NUMPY_TYPES: dict[str, Any] = {
-    "float": np.float32, "double": np.float64, "float16": np.float16,
-    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
-    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
-    "bool": np.bool_, "string": np.object_,
-}  # fmt: skip
+    "float": np.float32,
+    "double": np.float64,
+    "float16": np.float16,
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
+    "bool": np.bool_,
+    "string": np.object_,
+}
 #: Types numpy lacks: fed as OrtValues from the ml_dtypes arrays (name -> ONNX enum).
-_ML_TYPES = {"bfloat16": 16, "float8e4m3fn": 17, "float8e4m3fnuz": 18, "float8e5m2": 19,
-             "float8e5m2fnuz": 20}  # fmt: skip
+_ML_TYPES = {
+    "bfloat16": 16,
+    "float8e4m3fn": 17,
+    "float8e4m3fnuz": 18,
+    "float8e5m2": 19,
+    "float8e5m2fnuz": 20,
+}
 _TENSOR = re.compile(r"^tensor\((\w+)\)$")
 
 

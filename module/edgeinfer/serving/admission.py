@@ -72,9 +72,13 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
         spec = dict(loaded.self_test)
         feeds = test_feeds(loaded.model, spec.get("inputs"), loaded.batch_axes, _images(loaded))
         report = run_self_test(
-            loaded.model, spec, options.self_test_runs, loaded.batch_axes, feeds,
+            loaded.model,
+            spec,
+            options.self_test_runs,
+            loaded.batch_axes,
+            feeds,
             loaded.answered_labels,
-        )  # fmt: skip
+        )
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
         plan = _plan(loaded, axes, path)
         if plan is not None and options.dealt_out:

@@ -30,10 +30,11 @@ def verify_axes(model: Model, axes: BatchAxes, feeds: Mapping[str, Array]) -> Ba
     try:
         one = model.run(feeds)
         doubled = {
-            name: arr if axes.inputs.get(name) is None
+            name: arr
+            if axes.inputs.get(name) is None
             else np.concatenate([arr, arr], axis=axes.inputs[name])
             for name, arr in feeds.items()
-        }  # fmt: skip
+        }
         two = model.run(doubled)
     except ModelError as exc:
         return axes.with_outputs(axes.outputs, False, f"it fails on a batch of two: {exc}")
@@ -63,10 +64,11 @@ def _grown_axis(alone: Value, two: Value, expected: int | None) -> int | None:
     if alone.ndim != two.ndim:
         return None
     grown = [
-        n for n in range(alone.ndim)
+        n
+        for n in range(alone.ndim)
         if two.shape[n] == 2 * alone.shape[n]
         and all(two.shape[m] == alone.shape[m] for m in range(alone.ndim) if m != n)
-    ]  # fmt: skip
+    ]
     if expected in grown:
         return expected
     return grown[0] if len(grown) == 1 else None

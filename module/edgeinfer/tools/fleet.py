@@ -53,17 +53,20 @@ def table(modules: list[dict[str, Any]]) -> str:
         update = m["update"] or {}
         rollout = m["rollout"] or {}
         health = m["health"] or {}
-        rows.append((
-            m["module_id"],
-            "yes" if m["online"] else "no",
-            f"{model.get('name', '-')} {model.get('version', '')}".strip(),
-            update.get("state", "-"),
-            f"{rollout['mode']} {rollout.get('percent', 0):g}% {rollout.get('verdict', '')}"
-            if rollout else "-",
-            _number(health.get("readings_per_s")),
-            _number(health.get("errors_per_s")),
-            ",".join(f"{k}={v}" for k, v in sorted(m["labels"].items())) or "-",
-        ))  # fmt: skip
+        rows.append(
+            (
+                m["module_id"],
+                "yes" if m["online"] else "no",
+                f"{model.get('name', '-')} {model.get('version', '')}".strip(),
+                update.get("state", "-"),
+                f"{rollout['mode']} {rollout.get('percent', 0):g}% {rollout.get('verdict', '')}"
+                if rollout
+                else "-",
+                _number(health.get("readings_per_s")),
+                _number(health.get("errors_per_s")),
+                ",".join(f"{k}={v}" for k, v in sorted(m["labels"].items())) or "-",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return "\n".join(
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

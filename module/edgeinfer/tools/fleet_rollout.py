@@ -93,13 +93,16 @@ def run_rollout(broker: BrokerConfig, options: RolloutOptions) -> int:
             if options.resume:
                 state = RolloutState.load(path)
                 if (state.name, state.version, state.sha256) != (
-                    name, options.version, template["model"]["sha256"]
-                ):  # fmt: skip
+                    name,
+                    options.version,
+                    template["model"]["sha256"],
+                ):
                     raise ConfigError(
-                        "--resume", str(path),
+                        "--resume",
+                        str(path),
                         f"a rollout of {name} {options.version} with this model file "
                         f"(the state file is for {state.name} {state.version})",
-                    )  # fmt: skip
+                    )
             else:
                 if path.exists() and RolloutState.load(path).phase == ROLLING:
                     raise ConfigError(
@@ -141,10 +144,11 @@ def _template(options: RolloutOptions) -> dict[str, Any]:
             raise ConfigError("--module-rollout", options.module_rollout, str(exc)) from None
         if spec.mode == "ab" or spec.on_pass == "hold" or spec.on_fail == "pause":
             raise ConfigError(
-                "--module-rollout", options.module_rollout,
+                "--module-rollout",
+                options.module_rollout,
                 "a shadow or canary that ends on its own (on_pass promote, on_fail rollback): "
                 "A/B, hold and pause wait for an operator, so no module would ever be done",
-            )  # fmt: skip
+            )
         doc["rollout"] = options.module_rollout
     return doc
 
@@ -176,19 +180,26 @@ def _plan(
             members[mid] = Member(mid, 0, previous, baseline=at if isinstance(at, str) else None)
     if not chosen:
         raise ConfigError(
-            "--selector", options.selector,
+            "--selector",
+            options.selector,
             f"at least one online module to update (skipped: {skipped or 'none found'})",
-        )  # fmt: skip
+        )
     waves = plan_waves(chosen, parse_waves(options.waves))
     for n, wave in enumerate(waves):
         for mid in wave:
             members[mid].wave = n
     return RolloutState(
-        selector=options.selector, name=name, version=options.version,
-        sha256=template["model"]["sha256"], template=template, waves=waves,
+        selector=options.selector,
+        name=name,
+        version=options.version,
+        sha256=template["model"]["sha256"],
+        template=template,
+        waves=waves,
         members={mid: members[mid] for wave in waves for mid in wave},
-        max_failure=str(limit), min_done=options.min_done, skipped=skipped,
-    )  # fmt: skip
+        max_failure=str(limit),
+        min_done=options.min_done,
+        skipped=skipped,
+    )
 
 
 def describe_plan(state: RolloutState) -> str:
@@ -326,9 +337,13 @@ class Runner:
                 previous = member.previous
                 sequence = max(int(time.time() * 1000), (member.sequence or 0) + 1)
                 member.revert_doc = build_desired(
-                    None, previous["version"], previous["name"], sign_key=self.options.sign_key,
-                    module_id=member.module_id, sequence=sequence,
-                )  # fmt: skip
+                    None,
+                    previous["version"],
+                    previous["name"],
+                    sign_key=self.options.sign_key,
+                    module_id=member.module_id,
+                    sequence=sequence,
+                )
                 member.revert = REVERTING
                 member.revert_at = time.time()
         self.state.save(self.path)

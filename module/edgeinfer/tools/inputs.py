@@ -125,10 +125,9 @@ def take_rows(
 ) -> dict[str, Array]:
     """Samples ``start:stop`` of every input (inputs without a batch axis as they are)."""
     return {
-        name: arr if axes.get(name) is None
-        else np.take(arr, range(start, stop), axis=axes[name])
+        name: arr if axes.get(name) is None else np.take(arr, range(start, stop), axis=axes[name])
         for name, arr in feeds.items()
-    }  # fmt: skip
+    }
 
 
 def as_reading(

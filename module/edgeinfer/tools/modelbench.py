@@ -170,17 +170,24 @@ def bench_models(
             proc.join(10)
             ms = np.asarray(singles[path]) * 1000
             batch_times = batches[path]
-            results.append(BenchResult(
-                model=str(path), format=info["format"], runtime=info["runtime"],
-                load_ms=round(info["load_ms"], 2),
-                p50_ms=round(float(np.percentile(ms, 50)), 4),
-                p95_ms=round(float(np.percentile(ms, 95)), 4),
-                p99_ms=round(float(np.percentile(ms, 99)), 4),
-                throughput=round(1000 / float(ms.mean()), 1), batch=batch,
-                batch_throughput=round(batch / float(np.mean(batch_times)), 1)
-                if batch_times else None,
-                peak_rss_mb=round(peak, 1), runs=len(ms),
-            ))  # fmt: skip
+            results.append(
+                BenchResult(
+                    model=str(path),
+                    format=info["format"],
+                    runtime=info["runtime"],
+                    load_ms=round(info["load_ms"], 2),
+                    p50_ms=round(float(np.percentile(ms, 50)), 4),
+                    p95_ms=round(float(np.percentile(ms, 95)), 4),
+                    p99_ms=round(float(np.percentile(ms, 99)), 4),
+                    throughput=round(1000 / float(ms.mean()), 1),
+                    batch=batch,
+                    batch_throughput=round(batch / float(np.mean(batch_times)), 1)
+                    if batch_times
+                    else None,
+                    peak_rss_mb=round(peak, 1),
+                    runs=len(ms),
+                )
+            )
         return results
     finally:
         for _, _, proc, *_ in workers:

@@ -250,9 +250,17 @@ def build_manifest(
     # A slower gateway than this machine must still pass: 20x, at least 50 ms.
     max_latency = max(50.0, round(float(np.percentile(timings, 95)) * 20, 1))
     return {
-        "name": name, "version": version, "format": fmt,
-        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "labels": labels,
-        "self_test": {"inputs": reading, "expect": expect,
-                      "golden": {k: np.asarray(v).tolist() for k, v in outputs.items()},
-                      "atol": atol, "max_latency_ms": max_latency},
-    }  # fmt: skip
+        "name": name,
+        "version": version,
+        "format": fmt,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "labels": labels,
+        "self_test": {
+            "inputs": reading,
+            "expect": expect,
+            "golden": {k: np.asarray(v).tolist() for k, v in outputs.items()},
+            "atol": atol,
+            "max_latency_ms": max_latency,
+        },
+    }

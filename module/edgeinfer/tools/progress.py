@@ -46,7 +46,12 @@ def progress(total: float | None, console: Console | None = None) -> Iterator[St
     if not console.is_terminal:
         yield Steps(None, total)
         return
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TaskProgressColumn(), TimeElapsedColumn()]  # fmt: skip
+    columns = [
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=console, transient=True) as bar:
         yield Steps(bar, total)

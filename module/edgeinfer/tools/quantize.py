@@ -59,16 +59,19 @@ class QuantizeReport:
             return "-" if v is None else f"{v:.2%}"
 
         retention = "-" if self.retention is None else f"{self.retention:.4f}"
-        return "\n".join([
-            f"{'':<22}{'original':>12}{'quantized':>12}",
-            f"{'size (bytes)':<22}{self.size_before:>12}{self.size_after:>12}"
-            f"   ratio {self.size_after / self.size_before:.2f}",
-            f"{'p50 latency (ms)':<22}{self.p50_ms_before:>12.4f}{self.p50_ms_after:>12.4f}"
-            f"   speed-up {self.p50_ms_before / self.p50_ms_after:.2f}x",
-            f"{'accuracy':<22}{acc(self.accuracy_before):>12}{acc(self.accuracy_after):>12}"
-            f"   retention {retention}",
-            f"largest output difference {self.max_abs_diff:.4g} over {self.eval_samples} samples",
-        ])  # fmt: skip
+        return "\n".join(
+            [
+                f"{'':<22}{'original':>12}{'quantized':>12}",
+                f"{'size (bytes)':<22}{self.size_before:>12}{self.size_after:>12}"
+                f"   ratio {self.size_after / self.size_before:.2f}",
+                f"{'p50 latency (ms)':<22}{self.p50_ms_before:>12.4f}{self.p50_ms_after:>12.4f}"
+                f"   speed-up {self.p50_ms_before / self.p50_ms_after:.2f}x",
+                f"{'accuracy':<22}{acc(self.accuracy_before):>12}{acc(self.accuracy_after):>12}"
+                f"   retention {retention}",
+                f"largest output difference {self.max_abs_diff:.4g}"
+                f" over {self.eval_samples} samples",
+            ]
+        )
 
 
 def require_tools() -> None:
@@ -274,13 +277,17 @@ def _validate(
             time_runs(model, single, 10)
             times[index] += time_runs(model, single, 40)
     return QuantizeReport(
-        mode=mode, size_before=source.stat().st_size, size_after=work.stat().st_size,
+        mode=mode,
+        size_before=source.stat().st_size,
+        size_after=work.stat().st_size,
         p50_ms_before=round(float(np.percentile(times[0], 50)) * 1000, 4),
         p50_ms_after=round(float(np.percentile(times[1], 50)) * 1000, 4),
-        accuracy_before=acc_before, accuracy_after=acc_after,
+        accuracy_before=acc_before,
+        accuracy_after=acc_after,
         retention=None if retention is None else round(retention, 4),
-        max_abs_diff=float(np.abs(before - after).max()), eval_samples=len(before),
-    )  # fmt: skip
+        max_abs_diff=float(np.abs(before - after).max()),
+        eval_samples=len(before),
+    )
 
 
 def _manifest_for(

@@ -47,8 +47,17 @@ def _rollout(r: dict[str, Any]) -> list[str]:
     lines.append("")
     lines.append(_row(("version", "answered", "errors", "non-finite", "p95 ms")))
     for version, c in (r.get("counts") or {}).items():
-        lines.append(_row((version, c.get("answered"), c.get("errors"), c.get("non_finite", "-"),
-                           c.get("p95_ms"))))  # fmt: skip
+        lines.append(
+            _row(
+                (
+                    version,
+                    c.get("answered"),
+                    c.get("errors"),
+                    c.get("non_finite", "-"),
+                    c.get("p95_ms"),
+                )
+            )
+        )
     agreement = r.get("agreement")
     lines += [
         "",

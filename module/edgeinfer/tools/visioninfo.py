@@ -78,9 +78,11 @@ def vision_lines(model: Model, manifest: Manifest, data: bytes = b"") -> list[tu
             when.append(f"top score < {cascade.below:g}")
         if cascade.margin is not None:
             when.append(f"first two within {cascade.margin:g}")
-        lines.append((
-            "cascade",
-            f"{' or '.join(when)} -> {cascade.topic}, at most {cascade.max_fraction:.0%} of "
-            f"readings and {cascade.max_per_s:g}/s",
-        ))  # fmt: skip
+        lines.append(
+            (
+                "cascade",
+                f"{' or '.join(when)} -> {cascade.topic}, at most {cascade.max_fraction:.0%} of "
+                f"readings and {cascade.max_per_s:g}/s",
+            )
+        )
     return lines

@@ -23,10 +23,27 @@ from edgeinfer.updates.store import check_part
 
 MAX_DOCUMENT_BYTES = 65_536
 #: Manifest keys a desired state may carry, so that they travel with the update.
-MANIFEST_KEYS = ("batch_axes", "label_output", "score_output", "quantized_io", "window", "state",
-                 "preprocess", "postprocess", "cascade")  # fmt: skip
-_TOP_KEYS = {"model", "labels", "self_test", "sequence", "signature", "target", "rollout",
-             *MANIFEST_KEYS}  # fmt: skip
+MANIFEST_KEYS = (
+    "batch_axes",
+    "label_output",
+    "score_output",
+    "quantized_io",
+    "window",
+    "state",
+    "preprocess",
+    "postprocess",
+    "cascade",
+)
+_TOP_KEYS = {
+    "model",
+    "labels",
+    "self_test",
+    "sequence",
+    "signature",
+    "target",
+    "rollout",
+    *MANIFEST_KEYS,
+}
 _MODEL_KEYS = {"name", "version", "url", "sha256", "size", "format"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -197,12 +214,20 @@ def _parse_rest(
         raise UpdateError(str(exc)) from exc
     rollout = RolloutSpec.parse(doc["rollout"]) if "rollout" in doc else None
     return DesiredState(
-        name=name, version=version, url=url, sha256=sha256,
-        size=size if isinstance(size, int) else None, format=fmt,
+        name=name,
+        version=version,
+        url=url,
+        sha256=sha256,
+        size=size if isinstance(size, int) else None,
+        format=fmt,
         labels=tuple(labels) if labels is not None else None,
-        self_test=self_test, sequence=sequence, document=doc, recipient=recipient,
-        extensions=extensions, rollout=rollout,
-    )  # fmt: skip
+        self_test=self_test,
+        sequence=sequence,
+        document=doc,
+        recipient=recipient,
+        extensions=extensions,
+        rollout=rollout,
+    )
 
 
 def _no_unknown(where: str, doc: dict[str, Any], known: set[str]) -> None:

@@ -72,9 +72,14 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
             )
 
     def redirect_request(
-        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Any,
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Any,
         newurl: str,
-    ) -> urllib.request.Request | None:  # fmt: skip
+    ) -> urllib.request.Request | None:
         self._check(req.full_url, newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
@@ -194,9 +199,14 @@ class Downloader:
         return path
 
     def _copy(
-        self, source: Path, url: str, part: Path, size: int, progress: Progress,
+        self,
+        source: Path,
+        url: str,
+        part: Path,
+        size: int,
+        progress: Progress,
         cancelled: Callable[[], bool],
-    ) -> None:  # fmt: skip
+    ) -> None:
         copied = 0
         try:
             with source.open("rb") as src, part.open("wb") as dst:
@@ -242,9 +252,16 @@ class Downloader:
             raise _TransientError(f"connection closed at byte {have} of {size}")
 
     def _stream(
-        self, response: Any, out: IO[bytes], part: Path, url: str, have: int, size: int,
-        progress: Progress, cancelled: Callable[[], bool],
-    ) -> int:  # fmt: skip
+        self,
+        response: Any,
+        out: IO[bytes],
+        part: Path,
+        url: str,
+        have: int,
+        size: int,
+        progress: Progress,
+        cancelled: Callable[[], bool],
+    ) -> int:
         try:
             # read1: whatever has arrived; read(n) would sit on a stalled
             # connection until n bytes came, losing a partial chunk.

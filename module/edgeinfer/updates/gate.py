@@ -69,10 +69,13 @@ class Gate:
         try:
             self._reporter.step(S.DOWNLOADING, target, progress=0.0)
             part = self.downloader.fetch(
-                url, manifest.sha256, manifest.size,
+                url,
+                manifest.sha256,
+                manifest.size,
                 lambda got, total: self._reporter.step(S.DOWNLOADING, target, progress=got / total),
-                self._superseded, local,
-            )  # fmt: skip
+                self._superseded,
+                local,
+            )
             self._reporter.step(S.VERIFYING, target)
             file = self.downloader.verify(part, url, manifest.sha256, manifest.size)
             self._reporter.step(S.TESTING, target)

@@ -36,8 +36,18 @@ GATES: dict[str, tuple[float, bool]] = {
     "max_error_rate": (0.01, True),
     "max_non_finite_rate": (0.0, True),
 }
-_KEYS = {"mode", "percent", "steps", "dwell_s", "sticky_by", "min_samples", "gates", "on_pass",
-         "on_fail", "mirror_budget"}  # fmt: skip
+_KEYS = {
+    "mode",
+    "percent",
+    "steps",
+    "dwell_s",
+    "sticky_by",
+    "min_samples",
+    "gates",
+    "on_pass",
+    "on_fail",
+    "mirror_budget",
+}
 #: A class needs this many readings before its flip rate counts.
 MIN_CLASS_READINGS = 10
 

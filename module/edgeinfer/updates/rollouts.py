@@ -173,9 +173,12 @@ class Rollouts:
             self._slot.set_route(rollout.route)
         self._persist(rollout)
         log.info(
-            "rolling out %s: %s at %g%%%s", target, spec.mode, rollout.percent(),
+            "rolling out %s: %s at %g%%%s",
+            target,
+            spec.mode,
+            rollout.percent(),
             f" (resumed at step {step})" if step else "",
-        )  # fmt: skip
+        )
         self._reporter.rollout(rollout.report(), publish=False)
         self._reporter.step(UpdateState.PROBATION, target)
 
@@ -304,8 +307,12 @@ class Rollouts:
         record = self._store.read_state().get("rollout")
         if not isinstance(record, dict):
             return 0, False
-        same = (record.get("name"), record.get("version"), record.get("sha256"),
-                record.get("mode")) == (target.name, target.version, sha256, spec.mode)  # fmt: skip
+        same = (
+            record.get("name"),
+            record.get("version"),
+            record.get("sha256"),
+            record.get("mode"),
+        ) == (target.name, target.version, sha256, spec.mode)
         if not same:
             return 0, False
         step = record.get("step", 0)
@@ -315,10 +322,13 @@ class Rollouts:
     def _persist(self, rollout: Rollout) -> None:
         state = self._store.read_state()
         state["rollout"] = {
-            "name": rollout.target.name, "version": rollout.target.version,
-            "sha256": rollout.sha256, "mode": rollout.spec.mode, "step": rollout.step,
+            "name": rollout.target.name,
+            "version": rollout.target.version,
+            "sha256": rollout.sha256,
+            "mode": rollout.spec.mode,
+            "step": rollout.step,
             "verdict": rollout.verdict,
-        }  # fmt: skip
+        }
         self._store.write_state(state)
 
     def _clear_persisted(self) -> None:

@@ -201,8 +201,11 @@ def _serve_configured(
         if kept is not None:
             log.info(
                 "model.path %s %s: serving the store's current %s %s",
-                configured, kept, current.name, current.version,
-            )  # fmt: skip
+                configured,
+                kept,
+                current.name,
+                current.version,
+            )
             _remember(store, configured, identity)
             return None
     loaded, stored = install_tested(store, configured, options, manifest)
@@ -218,9 +221,14 @@ def _serve_configured(
         log.warning(
             "model.path %s is not the store's current %s %s: installed as %s %s, on probation "
             "(previous: %s %s)",
-            configured, current.name, current.version, stored.name, stored.version,
-            current.name, current.version,
-        )  # fmt: skip
+            configured,
+            current.name,
+            current.version,
+            stored.name,
+            stored.version,
+            current.name,
+            current.version,
+        )
     _remember(store, configured, identity)
     return loaded, stored
 

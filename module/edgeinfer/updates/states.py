@@ -46,8 +46,12 @@ class UpdateState(str, Enum):
     @property
     def settled(self) -> bool:
         """True once the update has ended (or none ran)."""
-        return self in (UpdateState.IDLE, UpdateState.ACTIVE, UpdateState.FAILED,
-                        UpdateState.ROLLED_BACK)  # fmt: skip
+        return self in (
+            UpdateState.IDLE,
+            UpdateState.ACTIVE,
+            UpdateState.FAILED,
+            UpdateState.ROLLED_BACK,
+        )
 
 
 def iso(ts: float) -> str:

@@ -73,8 +73,10 @@ class Preprocessor:
             )
         self.layout = spec.layout or _layout(self.input)
         h_axis, w_axis, c_axis = (1, 2, 3) if self.layout == "NHWC" else (2, 3, 1)
-        for axis, declared, name in ((w_axis, spec.resize.width, "width"),
-                                     (h_axis, spec.resize.height, "height")):  # fmt: skip
+        for axis, declared, name in (
+            (w_axis, spec.resize.width, "width"),
+            (h_axis, spec.resize.height, "height"),
+        ):
             fixed = _fixed(shape[axis])
             if declared and fixed is not None and declared != fixed:
                 raise ModelError(
