@@ -10,7 +10,9 @@ exactly the answer the runtime itself gives on the same input.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +114,19 @@ def test_a_real_model_answers_through_mqtt_as_its_runtime_does(
         modules.append(module)
         sink = Collector(broker.url, [module.result_topic("#"), module.errors_topic])
         pub = Publisher(broker.url)
-        for n, feeds in enumerate(sequence):
-            # A streaming model's answers depend on the order: one topic keeps it.
-            topic = module.topic("stream" if real.stateful else f"r{n}")
-            json_reading = {"id": n, "inputs": {k: v.tolist() for k, v in feeds.items()}}
-            pub.send(topic, json_reading if n < len(readings) else binary(feeds))
+        # Paused while the readings go out, so that they wait at the broker together: sent
+        # one at a time (an image as JSON takes a while to encode) they trickled in slower
+        # than max_delay_ms under the suite's parallel load, and no batch formed.
+        os.kill(module.pid, signal.SIGSTOP)
+        try:
+            for n, feeds in enumerate(sequence):
+                # A streaming model's answers depend on the order: one topic keeps it.
+                topic = module.topic("stream" if real.stateful else f"r{n}")
+                json_reading = {"id": n, "inputs": {k: v.tolist() for k, v in feeds.items()}}
+                pub.send(topic, json_reading if n < len(readings) else binary(feeds))
+            pub.flush()
+        finally:
+            os.kill(module.pid, signal.SIGCONT)
         sink.wait_for(len(sequence), timeout=60)
         assert sink.docs("/errors") == [], (variant, sink.docs("/errors")[:2])
         results = sink.docs("/inference/")
