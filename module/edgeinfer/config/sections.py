@@ -280,7 +280,8 @@ class PipelineConfig:
     #: JPEG readings of more scans are refused from their marker segments, undecoded
     #: (a progressive JPEG has about 10; each scan is decoded over the whole picture).
     max_image_scans: int = 32
-    #: A decode still running after this is stopped and the bytes refused when they come again.
+    #: A decode that has spent this much CPU time is stopped and the bytes refused when they
+    #: come again.
     max_image_decode_ms: float = 2000.0
 
     def __post_init__(self) -> None:

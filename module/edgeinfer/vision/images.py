@@ -12,9 +12,12 @@ every scan over every 8x8 block of the picture, so one AC scan repeated
 thousands of times (tens of bytes each) is a few hundred KB that takes minutes:
 more than :data:`MAX_SCANS` scans are refused from the marker segments before
 decoding (``image_too_complex``). What is left is decoded a chunk at a time
-with the clock checked between chunks, and stopped at the deadline
-(``image_too_slow``); the digests of payloads that overran are remembered, so
-the same bytes sent again (a broker's redelivery) are refused at once.
+with the decoding thread's CPU time checked between chunks, and stopped once it
+has spent the budget (``image_too_slow``); the digests of payloads that overran
+are remembered, so the same bytes sent again (a broker's redelivery) are refused
+at once. CPU time, not the wall clock: what an image costs to decode is then a
+property of its bytes, the same on a busy gateway as on an idle one, so a busy
+moment never refuses (and remembers) a picture that decodes within the budget.
 
 A JPEG's EXIF orientation (a phone or a camera mounted on its side stores the
 pixels as the sensor read them and says how to turn them) is applied, so the
@@ -100,7 +103,7 @@ class ImageGuard:
         max_decode_ms: float = DECODE_DEADLINE_MS,
     ) -> None:
         """``max_pixels``: ``pipeline.max_image_pixels``; ``max_scans``: a JPEG's scans;
-        ``max_decode_ms``: the deadline of one decode."""
+        ``max_decode_ms``: the CPU time one decode may spend."""
         self.max_pixels = max_pixels
         self.max_scans = max_scans
         self.max_decode_ms = max_decode_ms
@@ -121,11 +124,11 @@ class ImageGuard:
             self._overran.move_to_end(digest)
             raise ReadingError(
                 "image_too_slow",
-                f"the {kind} took over {self.max_decode_ms:g} ms to decode before: expected "
+                f"the {kind} took over {self.max_decode_ms:g} ms of CPU to decode before: expected "
                 f"one that decodes within {self.max_decode_ms:g} ms; refused again without "
                 "decoding",
             )
-        source = _Clocked(payload, time.perf_counter() + self.max_decode_ms / 1000)
+        source = _Clocked(payload, time.thread_time() + self.max_decode_ms / 1000)
         try:
             return _decode(source, kind, color, self.max_pixels)
         except _OverranError:
@@ -135,7 +138,7 @@ class ImageGuard:
             size = f" {source.size[0]}x{source.size[1]}" if source.size else ""
             raise ReadingError(
                 "image_too_slow",
-                f"the{size} {kind} took over {self.max_decode_ms:g} ms to decode: expected "
+                f"the{size} {kind} took over {self.max_decode_ms:g} ms of CPU to decode: expected "
                 f"one that decodes within {self.max_decode_ms:g} ms; stopped, and refused "
                 "at once if sent again",
             ) from None
@@ -170,11 +173,12 @@ def jpeg_scans(payload: bytes, limit: int) -> int:
 
 
 class _OverranError(Exception):
-    """The deadline passed while decoding (raised from a read, through Pillow)."""
+    """The decode spent its CPU budget (raised from a read, through Pillow)."""
 
 
 class _Clocked(io.BytesIO):
-    """The payload as a file whose reads fail once the deadline has passed.
+    """The payload as a file whose reads fail once the reading thread has spent its CPU
+    budget (``deadline``, on :func:`time.thread_time`'s clock).
 
     Pillow reads the header through it, then hands the decoder ``_CHUNK`` bytes a
     read (``decodermaxblock``): the clock is looked at between any two decoder calls.
@@ -189,7 +193,7 @@ class _Clocked(io.BytesIO):
         self.size: tuple[int, int] | None = None  # the image's, once its header was read
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if time.perf_counter() > self._deadline:
+        if time.thread_time() > self._deadline:
             raise _OverranError
         return super().read(size)
 
