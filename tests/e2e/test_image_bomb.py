@@ -437,9 +437,13 @@ def test_a_scan_bomb_is_refused_the_readings_behind_it_answered_and_the_module_s
     again.start()
     took = until(sink, errors=2, results=3, timeout=10)
     reports = sink.docs("/errors")
-    assert [r["error"] for r in reports] == ["image_too_complex"] * 2, reports
-    assert sink.docs("/inference/")[-1]["label"] == "dark"
-    assert took < 3, took
+    seen = f"reports {reports}; results {sink.docs('/inference/')}; log: {again.log()}"
+    # Refused again, at once; answered at least once (a refused reading's report is an
+    # answer like any other: once more if the broker delivers it once more).
+    assert len(reports) >= 2 and {r["error"] for r in reports} == {"image_too_complex"}, seen
+    assert sink.docs("/inference/")[-1]["label"] == "dark", seen
+    assert took < 3, seen
+    assert again.metric("edgeinfer_broker_connects_total") == 1, seen  # no reconnect loop
     sink.close()
     pub.close()
 
