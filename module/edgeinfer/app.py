@@ -35,7 +35,7 @@ from edgeinfer.pipeline.engine import Engine, EngineSettings
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.serving.admission import RuntimeOptions
 from edgeinfer.serving.predict import Predictor
-from edgeinfer.topics import dealt_out, is_shared, module_topic
+from edgeinfer.topics import is_shared, module_topic
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.served import Served
 from edgeinfer.updates.startup import serve_from_store
@@ -46,8 +46,6 @@ from edgeinfer.updates.watcher import StoreWatcher
 
 log = logging.getLogger(__name__)
 
-#: The stream journal, in the state directory (windowed models only).
-JOURNAL_NAME = "streams.sqlite"
 #: A replica leaving a shared subscription is drained once no reading came for this long.
 LEAVE_QUIET_S = 0.5
 
@@ -61,13 +59,7 @@ class EdgeInferModule:
         self.http: HealthServer | None = None
         self.watcher: StoreWatcher | None = None
         mid = config.module.id
-        options = RuntimeOptions(
-            config.model.threads,
-            tuple(config.model.providers),
-            config.updates.self_test_runs,
-            tuple(config.streams.window_overrides().items()),
-            dealt_out(config.topics.inputs, config.topics.shared_by_topic),
-        )
+        options = RuntimeOptions.from_config(config)
         self.store = ModelStore(Path(config.module.state_dir))
         loaded, stored = serve_from_store(self.store, config.model.path, options)
         broker = config.broker
@@ -76,23 +68,7 @@ class EdgeInferModule:
             expiry = min(broker.session_expiry_s, broker.shared_session_expiry_s)
             broker = dataclasses.replace(broker, session_expiry_s=expiry)
         self.connection = MqttConnection(broker, config.client_id, module_topic(mid, "status"))
-        settings = EngineSettings(
-            max_batch=config.pipeline.max_batch,
-            max_delay_ms=config.pipeline.max_delay_ms,
-            queue_size=config.pipeline.queue_size,
-            max_payload_bytes=config.pipeline.max_payload_bytes,
-            max_image_pixels=config.pipeline.max_image_pixels,
-            max_image_scans=config.pipeline.max_image_scans,
-            max_image_decode_ms=config.pipeline.max_image_decode_ms,
-            cascade=config.cascade.spec(),
-            allow_non_finite=config.pipeline.allow_non_finite,
-            output=config.topics.output_template,
-            module_id=mid,
-            journal=Path(config.module.state_dir) / JOURNAL_NAME
-            if config.streams.journal
-            else None,
-            journal_sync=config.streams.journal_sync,
-        )
+        settings = EngineSettings.from_config(config)
         self.responder = Responder(
             self.connection, self.metrics, module_topic(mid, "errors"), config.topics.output_qos
         )

@@ -21,11 +21,12 @@ import orjson
 import pytest
 
 from edgeinfer.manifest.document import Manifest
-from edgeinfer.serving.admission import RuntimeOptions, admit
+from edgeinfer.serving.admission import admit
 from edgeinfer.tools.broker import LocalBroker
 from tests.compat.catalogue import RealModel, catalogue
 from tests.compat.fetch import CACHE
 from tests.compat.reference import onnx_answers, tflite_answers
+from tests.fakes import runtime_options
 from tests.support import Collector, ModuleProcess, Publisher
 
 BUILT = CACHE / "built"
@@ -87,7 +88,7 @@ def test_a_real_model_is_admitted_and_batched_as_its_signature_allows(
     from edgeinfer.manifest.document import load_manifest
 
     manifest: Manifest = load_manifest(path)
-    loaded = admit(path, manifest, RuntimeOptions(self_test_runs=2))
+    loaded = admit(path, manifest, runtime_options(self_test_runs=2))
     try:
         assert loaded.batch_axes.batchable is real.batched, loaded.batch_axes.describe()
     finally:

@@ -19,11 +19,10 @@ import pytest
 
 from edgeinfer.config import HttpConfig, load_config
 from edgeinfer.errors import ConfigError
-from edgeinfer.observability.http import HealthServer, Operator
-from edgeinfer.observability.metrics import Metrics
+from edgeinfer.observability.http import HealthServer
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
-from tests.http_faults import SYN_RETRY_S, HalfSentBodies, HalfSentBody, connect_flood
+from tests.http_faults import SYN_RETRY_S, HalfSentBodies, HalfSentBody, connect_flood, http_server
 from tests.support import ONNX_MODEL, ModuleProcess
 
 #: A normal request behind held bodies must be answered about as fast as without them.
@@ -148,9 +147,7 @@ def limited_server(predict_s: float = 0.0, **limits: float) -> tuple[HealthServe
         time.sleep(predict_s)
         return 200, orjson.dumps({"bytes": len(body)})
 
-    operator = Operator(status=dict, predict=predict, max_concurrent=2, max_body=10_000, **limits)
-    server = HealthServer("127.0.0.1", 0, Metrics().registry, lambda: (True, "ok"), operator)
-    server.start()
+    server = http_server(predict, max_concurrent=2, max_body=10_000, **limits)
     return server, calls
 
 

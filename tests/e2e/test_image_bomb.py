@@ -3,7 +3,7 @@
 A progressive JPEG's every scan is a pass over every 8x8 block of the picture, so one
 tiny AC scan repeated thousands of times (``tests/vision_support.py``'s
 ``progressive_bomb``) is a few hundred KB, under the pixel and payload limits, that
-takes Pillow minutes to decode. The module refuses more than ``MAX_SCANS`` scans from
+takes Pillow minutes to decode. The module refuses more than ``MAX_SCANS`` (32) scans from
 the marker segments before decoding (``image_too_complex``), stops any decode at its
 deadline (``image_too_slow``) and refuses the same bytes again at once, and answers a
 batch a slice at a time, so the serving loop keeps the network (and the keepalive).
@@ -29,21 +29,22 @@ import orjson
 import pytest
 from PIL import Image
 
+from edgeinfer.config.sections import ImageLimits
 from edgeinfer.errors import ReadingError
 from edgeinfer.manifest.document import Manifest
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.engine import Engine, EngineSettings
+from edgeinfer.pipeline.engine import Engine
 from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message, Outcome
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.runtimes.fake import FakeModel
 from edgeinfer.tools.broker import LocalBroker
-from edgeinfer.topics import TopicTemplate
 from edgeinfer.vision import images
 from edgeinfer.vision.images import decode_image
 from edgeinfer.vision.plan import VisionPlan
+from tests.fakes import engine_settings
 from tests.support import Collector, ModuleProcess, Publisher
 from tests.vision_support import (
     BRIGHTNESS,
@@ -55,7 +56,8 @@ from tests.vision_support import (
     skimage_photo,
 )
 
-PIXELS = 25_000_000  # pipeline.max_image_pixels' default
+PIXELS = ImageLimits().max_pixels  # pipeline.max_image_pixels' default
+MAX_SCANS = ImageLimits().max_scans
 
 
 def refused(payload: bytes, guard: Any = None) -> tuple[ReadingError, float]:
@@ -104,7 +106,7 @@ def test_a_jpeg_of_more_scans_than_the_limit_is_refused_before_decoding(
     assert scan_count(payload) == scans
     error, took = refused(payload)
     assert error.code == "image_too_complex"
-    assert f"more than {images.MAX_SCANS} scans" in error.reason
+    assert f"more than {MAX_SCANS} scans" in error.reason
     assert "refused before decoding" in error.reason
     assert took < 0.1  # the marker segments were walked; no scan was decoded
 
@@ -118,7 +120,7 @@ def test_the_findings_bomb_half_a_megabyte_of_scans_is_refused_in_milliseconds()
 
 
 def test_a_jpeg_at_the_scan_limit_decodes() -> None:
-    payload = progressive_bomb(256, images.MAX_SCANS)
+    payload = progressive_bomb(256, MAX_SCANS)
     assert decode_image(payload, "L", PIXELS).size == (256, 256)
 
 
@@ -155,7 +157,7 @@ def test_scan_markers_inside_a_comment_are_not_counted() -> None:
 def test_a_decode_that_overruns_its_deadline_is_stopped_there(
     side: int, scans: int, mode: str, deadline_ms: int
 ) -> None:
-    guard = images.ImageGuard(PIXELS, max_scans=10**6, max_decode_ms=deadline_ms)
+    guard = images.ImageGuard(ImageLimits(PIXELS, max_scans=10**6, max_decode_ms=deadline_ms))
     error, took = refused(progressive_bomb(side, scans, mode), guard)
     assert error.code == "image_too_slow"
     assert f"over {deadline_ms} ms" in error.reason
@@ -169,7 +171,7 @@ def test_a_busy_gateway_refuses_no_image_an_idle_one_decodes() -> None:
     on the wall clock and still decodes within a 1 s budget (on the wall clock it was
     refused, and its bytes remembered as too slow, only because the machine was busy)."""
     payload = progressive_bomb(1024, 400)
-    guard = images.ImageGuard(PIXELS, max_scans=10**6, max_decode_ms=1000)
+    guard = images.ImageGuard(ImageLimits(PIXELS, max_scans=10**6, max_decode_ms=1000))
     mask = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(mask)})  # this thread; the processes below inherit it
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
@@ -188,14 +190,14 @@ def test_a_busy_gateway_refuses_no_image_an_idle_one_decodes() -> None:
 
 
 def test_a_png_is_held_to_the_deadline_too() -> None:
-    guard = images.ImageGuard(PIXELS, max_decode_ms=1)
+    guard = images.ImageGuard(ImageLimits(PIXELS, max_decode_ms=1))
     error, _ = refused(png_bomb(5000), guard)  # 25 M pixels: inside the pixel limit
     assert error.code == "image_too_slow"
     assert "PNG" in error.reason
 
 
 def test_bytes_that_overran_are_refused_again_at_once_and_other_images_still_decode() -> None:
-    guard = images.ImageGuard(PIXELS, max_scans=10**6, max_decode_ms=200)
+    guard = images.ImageGuard(ImageLimits(PIXELS, max_scans=10**6, max_decode_ms=200))
     bomb = progressive_bomb(2048, 3000)
     first, took = overran(bomb, guard)
     assert first.code == "image_too_slow" and took >= 0.2
@@ -278,16 +280,7 @@ def camera_engine(**limits: Any) -> tuple[Engine, Published]:
     )
     manifest = Manifest.from_doc({"name": "cam", "version": "1", **BRIGHTNESS}, "test")
     active = LoadedModel(model, manifest, Path("cam"), "", vision=VisionPlan(model, manifest, None))
-    settings = EngineSettings(
-        max_batch=16,
-        max_delay_ms=0.0,
-        queue_size=64,
-        max_payload_bytes=1_048_576,
-        allow_non_finite=False,
-        output=TopicTemplate.parse("out/{topic}"),
-        module_id="m",
-        **limits,
-    )
+    settings = engine_settings(max_batch=16, queue_size=64, images=ImageLimits(**limits))
     published = Published()
     metrics = Metrics()
     return Engine(active, settings, Responder(published, metrics, "errors"), metrics), published
@@ -322,7 +315,7 @@ def test_slow_images_in_one_batch_let_the_loop_service_the_network_between_them(
     (a wall-clock ratio failed when the suite's other workers slowed one decode down)."""
     from edgeinfer.pipeline.decode import Decoder
 
-    slow = [progressive_bomb(4096, images.MAX_SCANS - k) for k in range(6)]
+    slow = [progressive_bomb(4096, MAX_SCANS - k) for k in range(6)]
     decode = Decoder.decode
     started: list[float] = []
 
@@ -351,7 +344,7 @@ def test_slow_images_in_one_batch_let_the_loop_service_the_network_between_them(
 def test_a_batch_with_slow_bombs_answers_each_at_its_deadline_and_the_reading_behind_them(
     loop_of: list[ServingLoop],
 ) -> None:
-    engine, published = camera_engine(max_image_scans=10**6, max_image_decode_ms=300)
+    engine, published = camera_engine(max_scans=10**6, max_decode_ms=300)
     ticks = Ticks()
     loop = ServingLoop(engine, ticks)
     loop_of.append(loop)

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from edgeinfer.observability.http import HealthServer, Operator
-from edgeinfer.observability.metrics import Metrics
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
+from tests.http_faults import http_server
 from tests.support import ONNX_MODEL, Collector, ModuleProcess, Publisher, off_loopback
 
 STREAM_MODEL = ONNX_MODEL.parent.parent / "stream" / "model.onnx"
@@ -170,9 +169,7 @@ def test_requests_beyond_the_concurrency_bound_are_turned_away_not_queued() -> N
         release.wait(10)
         return 200, b'{"ok": true}'
 
-    operator = Operator(status=dict, predict=slow, max_concurrent=2, max_body=1000)
-    server = HealthServer("127.0.0.1", 0, Metrics().registry, lambda: (True, "ok"), operator)
-    server.start()
+    server = http_server(slow, max_concurrent=2, max_body=1000)
     try:
         answers: list[int] = []
         held = [

@@ -25,6 +25,7 @@ from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from edgeinfer.updates.startup import seed_store
 from edgeinfer.updates.store import ModelStore
+from tests.fakes import runtime_options
 from tests.support import ONNX_MODEL, ROOT, Collector, ModuleProcess, Publisher, unique
 
 EXPIRY_S = 2
@@ -198,7 +199,7 @@ def test_a_shared_subscription_never_rolls_a_windowed_current_back(
 ) -> None:
     """A configuration conflict, not a bad model: the store keeps serving what it served."""
     store = ModelStore(tmp_path / "state")
-    seed_store(store, ONNX_MODEL)  # har 1.0.0, becomes previous
+    seed_store(store, ONNX_MODEL, runtime_options())  # har 1.0.0, becomes previous
     manifest = dataclasses.replace(
         load_manifest(STREAM_MODEL), version="2.0.0", format="onnx", source=str(STREAM_MODEL)
     )

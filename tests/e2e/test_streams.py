@@ -20,9 +20,10 @@ from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.manifest.document import Manifest
 from edgeinfer.manifest.streams import WindowSpec
 from edgeinfer.pipeline.windows import Stream
-from edgeinfer.serving.admission import RuntimeOptions, admit
+from edgeinfer.serving.admission import admit
 from edgeinfer.tools.recordings import Recordings
 from tests.compat.fetch import model_file
+from tests.fakes import runtime_options
 from tests.streams_support import InProcess, reference_windows, vad_reference, windowed_model
 from tests.support import ONNX_MODEL
 
@@ -268,7 +269,7 @@ def test_a_model_swap_keeps_buffered_samples_of_the_same_window(
     samples = recordings.windows[0]
     for i in range(60):
         rig.send("s/a", {"features": samples[i].tolist(), "id": i})
-    newer = admit(windowed_model(tmp_path, {"size": 100, "hop": 100}), None, RuntimeOptions())
+    newer = admit(windowed_model(tmp_path, {"size": 100, "hop": 100}), None, runtime_options())
     rig.engine.swap(newer).wait(1)
     for i in range(60, 100):
         rig.send("s/a", {"features": samples[i].tolist(), "id": i})
@@ -278,12 +279,12 @@ def test_a_model_swap_keeps_buffered_samples_of_the_same_window(
 
 def test_a_window_that_does_not_fit_the_model_is_refused_at_admission(tmp_path: Path) -> None:
     with pytest.raises(UpdateError, match=r"window.size = 50: input 'window' takes 100"):
-        admit(windowed_model(tmp_path, {"size": 50, "hop": 10}), None, RuntimeOptions())
+        admit(windowed_model(tmp_path, {"size": 50, "hop": 10}), None, runtime_options())
     with pytest.raises(UpdateError, match=r"state.map names input 'h'"):
         admit(
             windowed_model(tmp_path, {"size": 100, "hop": 10}, {"map": {"h": "probabilities"}}),
             None,
-            RuntimeOptions(),
+            runtime_options(),
         )
 
 
@@ -303,14 +304,14 @@ def test_bad_window_keys_are_named(window: dict[str, object], message: str) -> N
 
 
 def test_config_overrides_the_manifest_window(tmp_path: Path) -> None:
-    options = RuntimeOptions(window_overrides=(("size", 100), ("hop", 20), ("key", "device")))
+    options = runtime_options(window_overrides=(("size", 100), ("hop", 20), ("key", "device")))
     loaded = admit(ONNX_MODEL, None, options)
     assert loaded.streams is not None
     assert (loaded.streams.window.size, loaded.streams.window.hop) == (100, 20)
     assert loaded.streams.window.key == "device"
     loaded.model.close()
     with pytest.raises(UpdateError, match=r"window.hop = 200: expected 1..100"):
-        admit(ONNX_MODEL, None, RuntimeOptions(window_overrides=(("size", 100), ("hop", 200))))
+        admit(ONNX_MODEL, None, runtime_options(window_overrides=(("size", 100), ("hop", 200))))
 
 
 #: What the README states one stream of the sample model holds at most.
@@ -343,7 +344,7 @@ def test_a_new_model_starts_every_streams_state_over(tmp_path: Path) -> None:
     audio = audio.astype(np.float32)
     for start in range(0, 576 + 512 * 2, 64):  # three windows with the first model
         rig.send("mic/a", {"features": audio[start : start + 64].tolist(), "id": start})
-    newer = admit(model, None, RuntimeOptions())
+    newer = admit(model, None, runtime_options())
     rig.engine.swap(newer).wait(1)
     for start in range(576 + 512 * 2, len(audio), 64):
         rig.send("mic/a", {"features": audio[start : start + 64].tolist(), "id": start})

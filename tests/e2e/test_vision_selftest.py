@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from edgeinfer.errors import UpdateError
-from edgeinfer.serving.admission import RuntimeOptions, admit
+from edgeinfer.serving.admission import admit
 from edgeinfer.serving.selftest import check_self_test_spec
 from tests.conftest import LocalBroker
+from tests.fakes import runtime_options
 from tests.ssd_support import oidv4_manifest, oidv4_model
 from tests.support import ModuleProcess
 from tests.updates_support import (
@@ -37,7 +38,7 @@ from tests.vision_support import (
     skimage_photo,
 )
 
-OPTIONS = RuntimeOptions(self_test_runs=2)
+OPTIONS = runtime_options(self_test_runs=2)
 
 
 def photo_test(name: str, label: object) -> dict[str, Any]:

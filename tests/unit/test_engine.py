@@ -17,14 +17,13 @@ from edgeinfer.errors import ModelError
 from edgeinfer.manifest.document import Manifest
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.engine import BatchOutcome, Engine, EngineSettings
+from edgeinfer.pipeline.engine import BatchOutcome, Engine
 from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.runtimes.base import Array, TensorSpec
 from edgeinfer.runtimes.fake import FakeModel, sum_model
-from edgeinfer.topics import TopicTemplate
-from tests.fakes import FakePublisher
+from tests.fakes import FakePublisher, engine_settings
 
 
 class Acks:
@@ -69,14 +68,8 @@ def engine_for(
     row_seconds: float = 0.0,
 ) -> tuple[Engine, Metrics]:
     metrics = Metrics()
-    settings = EngineSettings(
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        queue_size=64,
-        max_payload_bytes=10_000,
-        allow_non_finite=False,
-        output=TopicTemplate.parse("out/{topic}"),
-        module_id="m",
+    settings = engine_settings(
+        max_batch=max_batch, max_delay_ms=max_delay_ms, queue_size=64, max_payload_bytes=10_000
     )
     responder = Responder(publisher, metrics, "edgeinfer/m/errors")
     timed = dataclasses.replace(loaded(model), row_seconds=row_seconds)

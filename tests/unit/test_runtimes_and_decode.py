@@ -18,6 +18,7 @@ from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.runtimes.fake import sum_model
 from edgeinfer.runtimes.onnx import choose_providers
 from edgeinfer.tools.recordings import Recordings
+from tests.fakes import runtime_options
 from tests.support import ONNX_MODEL, TFLITE_MODEL
 
 
@@ -233,14 +234,14 @@ def test_admission_keeps_a_fast_model_on_one_thread_and_gives_a_slow_one_every_c
     tmp_path: Path,
 ) -> None:
     """Waking worker threads for a 50 us reading costs more CPU than it saves."""
-    from edgeinfer.serving.admission import RuntimeOptions, admit
+    from edgeinfer.serving.admission import admit
     from tests.updates_support import busy_model
 
-    fast = admit(ONNX_MODEL, None, RuntimeOptions(self_test_runs=2))
+    fast = admit(ONNX_MODEL, None, runtime_options(self_test_runs=2))
     slow_path = tmp_path / "busy.onnx"
     slow_path.write_bytes(busy_model(layers=2, side=128))  # a few ms a reading
-    slow = admit(slow_path, None, RuntimeOptions(self_test_runs=2))
-    chosen = admit(ONNX_MODEL, None, RuntimeOptions(threads=2, self_test_runs=2))
+    slow = admit(slow_path, None, runtime_options(self_test_runs=2))
+    chosen = admit(ONNX_MODEL, None, runtime_options(threads=2, self_test_runs=2))
     try:
         assert getattr(fast.model, "threads", None) == 1
         assert getattr(slow.model, "threads", None) == 0  # the runtime's default: every core

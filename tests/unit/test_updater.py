@@ -15,13 +15,14 @@ import pytest
 from edgeinfer.config import UpdatesConfig
 from edgeinfer.manifest.document import load_manifest
 from edgeinfer.model.loaded import LoadedModel
-from edgeinfer.serving.admission import RuntimeOptions, admit
+from edgeinfer.serving.admission import admit
 from edgeinfer.updates.download import SupersededError
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.served import Served
 from edgeinfer.updates.startup import seed_store
 from edgeinfer.updates.store import ModelStore
 from edgeinfer.updates.updater import Updater
+from tests.fakes import runtime_options
 from tests.support import ONNX_MODEL
 from tests.updates_support import TFLITE
 
@@ -42,8 +43,8 @@ class FakeSlot:
 class Harness:
     def __init__(self, tmp: Path, **config: Any) -> None:
         self.store = ModelStore(tmp / "state")
-        stored = seed_store(self.store, ONNX_MODEL)
-        loaded = admit(stored.model_file, stored.manifest(), RuntimeOptions())
+        stored = seed_store(self.store, ONNX_MODEL, runtime_options())
+        loaded = admit(stored.model_file, stored.manifest(), runtime_options())
         self.slot = FakeSlot(loaded)
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
@@ -53,7 +54,7 @@ class Harness:
             self.store,
             Served(self.store, self.slot, stored),
             reporter,
-            RuntimeOptions(),
+            runtime_options(),
         )
 
     def _publish(self, payload: bytes) -> None:

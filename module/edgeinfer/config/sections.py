@@ -267,6 +267,28 @@ class TopicsConfig:
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """What one image reading may cost to decode: ``pipeline.max_image_*``, whose defaults
+    these are (the one place they are written)."""
+
+    #: Width x height, read from the header: larger images are refused undecoded (a
+    #: 20000 x 20000 PNG of zeros is a few KB on the wire and 1.2 GB decoded).
+    max_pixels: int = 25_000_000
+    #: Scans a JPEG may have. Encoders write 1 (baseline; up to 4 non-interleaved), 6 (a
+    #: grey progressive JPEG) or 10 (a colour one, libjpeg's and mozjpeg's progression);
+    #: every scan costs a pass over the whole picture (about 20 ms at 25 M pixels here).
+    max_scans: int = 32
+    #: CPU time one decode may spend, in milliseconds: over 3x what the slowest image the
+    #: other limits let through takes on a server core (0.6 s: 25 M pixels in 32 scans; a
+    #: 2048x3072 photograph takes 25 ms), and well inside the 7.5 s the broker waits on
+    #: the shortest keepalive (``broker.keepalive_s`` >= 5) before it drops the module.
+    max_decode_ms: float = 2000.0
+
+
+_IMAGES = ImageLimits()
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Decode, batch and run settings."""
 
@@ -276,13 +298,17 @@ class PipelineConfig:
     max_payload_bytes: int = 1_048_576
     allow_non_finite: bool = False
     #: Image readings larger than this (width x height) are refused from their header.
-    max_image_pixels: int = 25_000_000
+    max_image_pixels: int = _IMAGES.max_pixels
     #: JPEG readings of more scans are refused from their marker segments, undecoded
     #: (a progressive JPEG has about 10; each scan is decoded over the whole picture).
-    max_image_scans: int = 32
+    max_image_scans: int = _IMAGES.max_scans
     #: A decode that has spent this much CPU time is stopped and the bytes refused when they
     #: come again.
-    max_image_decode_ms: float = 2000.0
+    max_image_decode_ms: float = _IMAGES.max_decode_ms
+
+    def image_limits(self) -> ImageLimits:
+        """The ``max_image_*`` keys, as the image decoder takes them."""
+        return ImageLimits(self.max_image_pixels, self.max_image_scans, self.max_image_decode_ms)
 
     def __post_init__(self) -> None:
         _require(

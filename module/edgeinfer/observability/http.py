@@ -44,9 +44,6 @@ CLIENT_TIMEOUT_S = 30.0
 #: ``max_pending_bodies`` places. A body sent with its headers (what clients do with a
 #: reading's few KB) is whole by then and waits for nothing, even while those are full.
 BODY_GRACE_S = 0.2
-#: The listen queue's length unless told (``http.listen_backlog``): the standard library's 5
-#: overflows under a burst of connects, and each dropped SYN waits 1 s to be sent again.
-LISTEN_BACKLOG = 511
 #: A refused body still on its way is read and dropped for at most this long and this much,
 #: so that the client reads the refusal instead of a reset connection.
 LINGER_S = 1.0
@@ -58,16 +55,20 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 @dataclass(frozen=True)
 class Operator:
-    """What the HTTP address serves to people, beyond metrics and health."""
+    """What the HTTP address serves to people, beyond metrics and health.
+
+    Built from the configuration (``[http]``, ``pipeline.max_payload_bytes``) by the app:
+    no defaults here, so a setting left out is an error, never a second default.
+    """
 
     status: Callable[[], dict[str, Any]]
-    predict: Predict | None = None
-    token: str | None = field(default=None, repr=False)  # the bearer token; None: none set
-    open_without_token: bool = True  # a loopback address: no token needed when none is set
-    max_body: int = 1_048_576
-    max_concurrent: int = 4  # http.predict_concurrency
-    body_timeout_s: float = 10.0  # http.body_timeout_s
-    max_pending_bodies: int = 16  # http.max_pending_bodies
+    predict: Predict | None  # None: no /predict
+    token: str | None = field(repr=False)  # the bearer token; None: none set
+    open_without_token: bool  # a loopback address: no token needed when none is set
+    max_body: int  # pipeline.max_payload_bytes
+    max_concurrent: int  # http.predict_concurrency
+    body_timeout_s: float  # http.body_timeout_s
+    max_pending_bodies: int  # http.max_pending_bodies
     counted: Callable[[int], None] = lambda status: None  # each /predict answer's status
 
 
@@ -80,9 +81,12 @@ class HealthServer:
         port: int,
         registry: CollectorRegistry,
         readiness: Readiness,
-        operator: Operator | None = None,
-        backlog: int = LISTEN_BACKLOG,
+        operator: Operator | None,
+        backlog: int,
     ) -> None:
+        """``backlog``: the listen queue's length (``http.listen_backlog``: the standard
+        library's 5 overflows under a burst of connects, and each dropped SYN waits 1 s to
+        be sent again)."""
         handler = _make_handler(registry, readiness, operator)
         try:
             self._server = _Server((host, port), handler, backlog)

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from edgeinfer.config.sections import ImageLimits
 from edgeinfer.errors import ReadingError
 from edgeinfer.pipeline.fast_json import FastReadings
 from edgeinfer.pipeline.npy import EMPTY_ZIP, ZIP_MAGIC, load_npy, load_npz
@@ -72,7 +73,9 @@ class Decoder:
         limit or the engine's :class:`ImageGuard` (its scan limit, deadline and memory of
         payloads that overran, kept across model swaps)."""
         self._preprocessor, limit = images
-        self._images = limit if isinstance(limit, ImageGuard) else ImageGuard(limit)
+        self._images = (
+            limit if isinstance(limit, ImageGuard) else ImageGuard(ImageLimits(max_pixels=limit))
+        )
         self._inputs = inputs
         self._key_field = key_field
         self._by_name = {spec.name: spec for spec in inputs}

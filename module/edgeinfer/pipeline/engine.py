@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeinfer.config import Config
+from edgeinfer.config.sections import ImageLimits
 from edgeinfer.errors import ReadingError
 from edgeinfer.manifest.vision import CascadeSpec
 from edgeinfer.model.loaded import LoadedModel
@@ -36,7 +38,7 @@ from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.batching import ReadingQueue
 from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
-from edgeinfer.pipeline.journal import Journal
+from edgeinfer.pipeline.journal import JOURNAL_NAME, Journal
 from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
@@ -47,7 +49,7 @@ from edgeinfer.pipeline.vision_results import VisionResults
 from edgeinfer.pipeline.windowed import WindowedAnswers
 from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError, module_topic
-from edgeinfer.vision.images import DECODE_DEADLINE_MS, MAX_SCANS, ImageGuard
+from edgeinfer.vision.images import ImageGuard
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ WINDOWED_POSTED = (
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """The pipeline knobs the engine needs (from ``[pipeline]`` and ``[topics]``)."""
+    """The pipeline knobs the engine needs, built from the configuration by
+    :meth:`from_config` (no defaults here: the configuration's are the only ones)."""
 
     max_batch: int
     max_delay_ms: float
@@ -71,12 +74,29 @@ class EngineSettings:
     allow_non_finite: bool
     output: TopicTemplate
     module_id: str
-    journal: Path | None = None  # the stream journal (windowed models); None: off
-    journal_sync: str = "normal"
-    max_image_pixels: int = 25_000_000  # image readings: larger ones are refused undecoded
-    max_image_scans: int = MAX_SCANS  # JPEGs of more scans are refused undecoded
-    max_image_decode_ms: float = DECODE_DEADLINE_MS  # a decode is stopped at this deadline
-    cascade: CascadeSpec | None = None  # [cascade], over the manifest's
+    journal: Path | None  # the stream journal (windowed models); None: off
+    journal_sync: str
+    images: ImageLimits  # what an image reading may cost to decode
+    cascade: CascadeSpec | None  # [cascade], over the manifest's
+
+    @classmethod
+    def from_config(cls, config: Config) -> EngineSettings:
+        """``[pipeline]``, ``[topics]``, ``[streams]`` and ``[cascade]``, for the module."""
+        pipeline = config.pipeline
+        journal = Path(config.module.state_dir) / JOURNAL_NAME if config.streams.journal else None
+        return cls(
+            max_batch=pipeline.max_batch,
+            max_delay_ms=pipeline.max_delay_ms,
+            queue_size=pipeline.queue_size,
+            max_payload_bytes=pipeline.max_payload_bytes,
+            allow_non_finite=pipeline.allow_non_finite,
+            output=config.topics.output_template,
+            module_id=config.module.id,
+            journal=journal,
+            journal_sync=config.streams.journal_sync,
+            images=pipeline.image_limits(),
+            cascade=config.cascade.spec(),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,12 +145,10 @@ class Engine:
             metrics,
             module_id=settings.module_id,
             cascade=settings.cascade,
-            max_image_pixels=settings.max_image_pixels,
+            max_image_pixels=settings.images.max_pixels,
         )
         # One for the engine's life: a payload that overran is refused at once after a swap.
-        self._images = ImageGuard(
-            settings.max_image_pixels, settings.max_image_scans, settings.max_image_decode_ms
-        )
+        self._images = ImageGuard(settings.images)
         # Readings taken from the queue whose decoding did not fit in the last step:
         # answered first, at the next turn (they came before anything still queued).
         self._held: list[Message] = []

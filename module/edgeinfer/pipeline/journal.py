@@ -50,6 +50,9 @@ from edgeinfer.runtimes.base import Array
 
 log = logging.getLogger(__name__)
 
+#: The journal's file, in the state directory (windowed models only).
+JOURNAL_NAME = "streams.sqlite"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
     seq INTEGER PRIMARY KEY, stream TEXT NOT NULL, topic TEXT NOT NULL, n INTEGER NOT NULL,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.config import Config
+from edgeinfer.config.sections import ImageLimits
 from edgeinfer.errors import ModelError, StreamsDealtOutError, UpdateError
 from edgeinfer.manifest.document import Manifest, load_manifest
 from edgeinfer.manifest.streams import WindowSpec
@@ -31,6 +33,7 @@ from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import Array, Model
 from edgeinfer.serving.probe import feed_rows, verify_axes
 from edgeinfer.serving.selftest import run_self_test, test_feeds
+from edgeinfer.topics import dealt_out
 from edgeinfer.vision.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -38,21 +41,33 @@ log = logging.getLogger(__name__)
 #: A reading slower than this on one thread is worth the runtime's worker threads.
 PARALLEL_FROM_S = 0.001
 #: The pixel limit of a test image: pipeline.max_image_pixels' default.
-TEST_IMAGE_MAX_PIXELS = 25_000_000
+TEST_IMAGE_MAX_PIXELS = ImageLimits().max_pixels
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How models are loaded and tested (from ``[model]`` and ``[updates]``)."""
+    """How models are loaded and tested, built from the configuration by :meth:`from_config`
+    (no defaults here: the configuration's are the only ones)."""
 
-    threads: int = 0
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    self_test_runs: int = 20
+    threads: int  # model.threads
+    providers: tuple[str, ...]  # model.providers
+    self_test_runs: int  # updates.self_test_runs
     #: ``[streams]`` keys that override the manifest's window (``StreamsConfig.window_overrides``).
-    window_overrides: tuple[tuple[str, Any], ...] = ()
+    window_overrides: tuple[tuple[str, Any], ...]
     #: Why a stream's readings may be split among replicas ("" when they are not):
     #: a model with windows or per-stream state is refused then.
-    dealt_out: str = ""
+    dealt_out: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> RuntimeOptions:
+        """``[model]``, ``[updates]``, ``[streams]`` and the input topics' sharing."""
+        return cls(
+            threads=config.model.threads,
+            providers=tuple(config.model.providers),
+            self_test_runs=config.updates.self_test_runs,
+            window_overrides=tuple(config.streams.window_overrides().items()),
+            dealt_out=dealt_out(config.topics.inputs, config.topics.shared_by_topic),
+        )
 
 
 def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> LoadedModel:

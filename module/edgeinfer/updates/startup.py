@@ -63,15 +63,13 @@ class ModelRefusedError(UpdateError):
         )
 
 
-def seed_store(
-    store: ModelStore, path: Path, options: RuntimeOptions | None = None
-) -> StoredVersion:
+def seed_store(store: ModelStore, path: Path, options: RuntimeOptions) -> StoredVersion:
     """Install the model at ``path`` through the gate (load + self-test) and make it current.
 
     Raises:
         ModelRefusedError: the model was refused; the store is unchanged.
     """
-    loaded, stored = install_tested(store, path, options or RuntimeOptions())
+    loaded, stored = install_tested(store, path, options)
     loaded.model.close()
     store.activate(stored)
     return stored

@@ -10,7 +10,7 @@ wire and 1.2 GB once decoded (a decompression bomb). Pillow's own bomb check
 Decoding is bounded in time as well as in size. A progressive JPEG decodes
 every scan over every 8x8 block of the picture, so one AC scan repeated
 thousands of times (tens of bytes each) is a few hundred KB that takes minutes:
-more than :data:`MAX_SCANS` scans are refused from the marker segments before
+more than ``ImageLimits.max_scans`` scans are refused from the marker segments before
 decoding (``image_too_complex``). What is left is decoded a chunk at a time
 with the decoding thread's CPU time checked between chunks, and stopped once it
 has spent the budget (``image_too_slow``); the digests of payloads that overran
@@ -36,6 +36,7 @@ from collections import OrderedDict
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from edgeinfer.config.sections import ImageLimits
 from edgeinfer.errors import ReadingError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -45,16 +46,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: The modes a decoded image is converted to, by ``preprocess.color``.
 _MODES = {"RGB": "RGB", "BGR": "RGB", "L": "L"}
 
-#: Scans a JPEG may have. Encoders write 1 (baseline; up to 4 non-interleaved), 6 (a
-#: grey progressive JPEG) or 10 (a colour one, libjpeg's and mozjpeg's progression);
-#: every scan costs a pass over the whole picture (about 20 ms at 25 M pixels here).
-MAX_SCANS = 32
-#: How long one image may take to decode, in milliseconds: over 3x the slowest image
-#: the other limits let through takes on a server core (0.6 s: 25 M pixels in 32
-#: scans; a 2048x3072 photograph takes 25 ms), and well inside the 7.5 s the broker
-#: waits on the shortest keepalive (``broker.keepalive_s`` >= 5) before it drops
-#: the module.
-DECODE_DEADLINE_MS = 2000.0
 #: Bytes handed to the decoder between two looks at the clock. A decode call costs what
 #: the scans in its chunk cost: 1 KB holds at most about 90 of the smallest scans,
 #: and the chunks cost 2-8 % of a plain decode (measured: 1.37 -> 1.48 ms on 512x512).
@@ -83,10 +74,10 @@ def decode_image(payload: bytes, color: str, max_pixels: int) -> Image.Image:
     """Decode ``payload`` as RGB (for ``color`` RGB or BGR) or L; raises ReadingError.
 
     ``max_pixels`` is ``pipeline.max_image_pixels``; it is enforced from the
-    header, before decoding. The scan limit and the deadline are the defaults;
+    header, before decoding. The scan limit and the CPU budget are the defaults;
     nothing is remembered between calls (see :class:`ImageGuard`).
     """
-    return ImageGuard(max_pixels).decode(payload, color)
+    return ImageGuard(ImageLimits(max_pixels=max_pixels)).decode(payload, color)
 
 
 class ImageGuard:
@@ -96,17 +87,11 @@ class ImageGuard:
     refused at once whichever model is serving. Used from one thread (the serving one).
     """
 
-    def __init__(
-        self,
-        max_pixels: int = 25_000_000,
-        max_scans: int = MAX_SCANS,
-        max_decode_ms: float = DECODE_DEADLINE_MS,
-    ) -> None:
-        """``max_pixels``: ``pipeline.max_image_pixels``; ``max_scans``: a JPEG's scans;
-        ``max_decode_ms``: the CPU time one decode may spend."""
-        self.max_pixels = max_pixels
-        self.max_scans = max_scans
-        self.max_decode_ms = max_decode_ms
+    def __init__(self, limits: ImageLimits) -> None:
+        """``limits``: ``pipeline.max_image_*`` (:meth:`PipelineConfig.image_limits`)."""
+        self.max_pixels = limits.max_pixels
+        self.max_scans = limits.max_scans
+        self.max_decode_ms = limits.max_decode_ms
         self._overran: OrderedDict[bytes, None] = OrderedDict()
 
     def decode(self, payload: bytes, color: str) -> Image.Image:
