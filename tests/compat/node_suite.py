@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from edgeinfer.errors import ModelError, ReadingError
 from edgeinfer.manifest.document import Manifest
+from edgeinfer.model.interpretation import interpret
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.decode import Decoder
 from edgeinfer.pipeline.encode import encode_result
@@ -106,7 +107,8 @@ def _through_the_pipeline(
         reason = f"{answer.code}: {answer.reason}"[:300]
         same = isinstance(direct, Exception)
         return Outcome(name, "runtime" if same else "failed", reason)
-    doc = orjson.loads(encode_result("t", loaded.identity, answer, None, None, 0.0))
+    fields = interpret(loaded, answer).fields
+    doc = orjson.loads(encode_result("t", loaded.identity, answer, None, None, 0.0, fields))
     for out_name, want in expected.items():
         problem = _compare(doc["outputs"].get(out_name), want)
         if problem:

@@ -14,7 +14,7 @@ from edgeinfer.manifest.document import Manifest, ModelIdentity, load_manifest
 from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.runtimes import load_model
 from edgeinfer.runtimes.axes import BatchAxes, infer_batch_axes
-from edgeinfer.runtimes.base import Model, Value
+from edgeinfer.runtimes.base import Model
 from edgeinfer.runtimes.labels import LabelRule
 from edgeinfer.vision.plan import VisionPlan
 from edgeinfer.vision.tflite_metadata import with_metadata_defaults
@@ -61,22 +61,6 @@ class LoadedModel:
 
     def describe(self) -> str:
         return f"{self.manifest.name} {self.manifest.version}"
-
-    def answered_labels(self, outputs: dict[str, Value]) -> list[Any]:
-        """The labels of one reading's result, best first, as its result would name them: the
-        top class of a ``topk`` postprocess or the label rule, or each detection's."""
-        if self.vision is not None and (self.vision.topk or self.vision.detector):
-            fields = self.vision.answer(outputs, None).fields
-            if "detections" in fields:
-                return [d.get("label", d["class"]) for d in fields["detections"]]
-            return [fields["label"]] if "label" in fields else []
-        rule = self.label_rule
-        if rule is None and self.manifest.labels and outputs:
-            rule = LabelRule(None, next(iter(outputs)))  # as the result's encoder does
-        found = rule.apply(outputs, self.manifest.labels) if rule is not None else None
-        if found is None:
-            return []
-        return found[0] if isinstance(found[0], list) else [found[0]]
 
 
 def load(

@@ -10,7 +10,6 @@ import orjson
 from edgeinfer.manifest.document import ModelIdentity
 from edgeinfer.pipeline.outputs import json_ready
 from edgeinfer.runtimes.base import Value
-from edgeinfer.runtimes.labels import LabelRule
 
 # Maps keep their keys, also when they are numbers (a classifier's class ids).
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -23,17 +22,14 @@ def encode_result(
     rid: Any,
     ts: Any,
     latency_ms: float,
-    rule: LabelRule | None = None,
+    fields: Mapping[str, Any] | None = None,
     window: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
 ) -> bytes:
     """Return the JSON result for one reading (docs/reference.md, "Results").
 
-    ``label`` and ``score`` come from ``rule`` (see :class:`LabelRule`); without
-    one, from the argmax of the first output when the model has labels: a
-    single value for a one-row reading, lists otherwise. ``window`` names the
-    samples a windowed model's result answers. ``extra``: fields of the declared
-    postprocess and cascade (``top``, ``detections``, ``escalated``), over the rest.
+    ``fields``: what the outputs say (``label``, ``score``, ``top``, ``detections``:
+    :func:`edgeinfer.model.interpretation.interpret`) and the cascade's ``escalated``;
+    ``window`` names the samples a windowed model's result answers.
     """
     doc: dict[str, Any] = {
         "id": rid,
@@ -44,15 +40,10 @@ def encode_result(
         "outputs": {name: json_ready(value) for name, value in outputs.items()},
         "latency_ms": round(latency_ms, 3),
     }
-    if rule is None and identity.labels and outputs:
-        rule = LabelRule(None, next(iter(outputs)))
-    found = rule.apply(outputs, identity.labels) if rule is not None else None
-    if found is not None:
-        doc["label"], doc["score"] = found
+    if fields:
+        doc.update(fields)
     if window is not None:
         doc["window"] = window
-    if extra:
-        doc.update(extra)
     return _compact(orjson.dumps(doc, option=_DUMP_OPTIONS))
 
 

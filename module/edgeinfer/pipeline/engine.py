@@ -483,8 +483,7 @@ class Engine:
                 rid,
                 reading.ts,
                 (now - message.received) * 1000,
-                active.label_rule,
-                extra=fields,
+                fields,
             )
         except Exception:  # an encoder bug: this reading's error, not its batch's
             log.exception("unexpected failure encoding a result for %s", message.topic)

@@ -11,17 +11,17 @@ mirror budget, and only feed the comparison and the shadow topic.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import orjson
 
 from edgeinfer.errors import ReadingError
+from edgeinfer.model.interpretation import interpret
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.decode import Reading
 from edgeinfer.pipeline.encode import encode_result
 from edgeinfer.pipeline.message import Message
-from edgeinfer.pipeline.routing import FAILED_LABEL, SHADOW, MirrorBudget, Route, top1
+from edgeinfer.pipeline.routing import FAILED_LABEL, SHADOW, MirrorBudget, Route
 from edgeinfer.pipeline.runner import Answer, Runner, RunStats
 from edgeinfer.runtimes.base import Value
 
@@ -150,11 +150,11 @@ class RoutedAnswers:
             candidate, active_answer = (again, answered) if shadow else (answered, again)
             if isinstance(active_answer, ReadingError):
                 continue  # nothing to compare with
-            a = top1(active, active_answer)
+            a = interpret(active, active_answer).top1()
             c = (
                 (FAILED_LABEL, 0.0)
                 if isinstance(candidate, ReadingError)
-                else top1(self.route.candidate, candidate) or (FAILED_LABEL, 0.0)
+                else interpret(self.route.candidate, candidate).top1() or (FAILED_LABEL, 0.0)
             )
             if a is not None:
                 comparison.compare(a, c)
@@ -168,20 +168,15 @@ class RoutedAnswers:
         outputs: dict[str, Value],
         now: float,
     ) -> None:
-        shown: Mapping[str, Value] = outputs
-        fields: dict[str, Any] | None = None
-        if model.vision is not None:  # its labels or boxes, as its answer would have them
-            answer = model.vision.answer(outputs, reading.geometry)
-            shown, fields = (outputs if answer.keep_outputs else {}), answer.fields
+        seen = interpret(model, outputs, reading.geometry)  # as its answer would read
         payload = encode_result(
             message.topic,
             model.identity,
-            shown,
+            seen.shown,
             reading.id,
             reading.ts,
             (now - message.received) * 1000,
-            model.label_rule,
-            extra=fields,
+            seen.fields,
         )
         self._shadow(message.topic, payload)
 

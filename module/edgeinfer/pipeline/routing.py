@@ -35,8 +35,6 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.model.loaded import LoadedModel
-from edgeinfer.runtimes.base import Value, float_view
-from edgeinfer.runtimes.labels import LabelRule
 
 SHADOW, CANARY, AB = "shadow", "canary", "ab"
 SCORE_BINS = 20
@@ -219,33 +217,3 @@ class Route:
     def to_candidate(self, key: str) -> bool:
         """Canary/A-B: whether the stream ``key`` is the candidate's (sticky, by hash)."""
         return self.mode != SHADOW and bucket(key) < self.percent
-
-
-def top1(loaded: LoadedModel, outputs: dict[str, Value]) -> tuple[str, float] | None:
-    """A reading's label and score as its result would say, or the first output's argmax.
-
-    A detector's: its best detection's class, or "nothing" when it found none.
-    """
-    if loaded.vision is not None:
-        answer = loaded.vision.answer(outputs, None)
-        if answer.detections:
-            found = answer.fields["detections"]
-            if not found:
-                return "nothing", 1.0
-            best = max(found, key=lambda d: d["score"])
-            return str(best.get("label", best["class"])), float(best["score"])
-        if "label" in answer.fields:
-            return str(answer.fields["label"]), float(answer.fields["score"])
-    rule = loaded.label_rule
-    if rule is None and loaded.identity.labels and outputs:
-        rule = LabelRule(None, next(iter(outputs)))
-    found = rule.apply(outputs, loaded.identity.labels) if rule is not None else None
-    if found is not None and not isinstance(found[0], list):
-        label, score = found
-        return str(label), float(score) if isinstance(score, int | float) else 0.0
-    for value in outputs.values():
-        if isinstance(value, np.ndarray) and value.dtype.kind in "fV" and value.size:
-            flat = float_view(value).reshape(-1)
-            index = int(flat.argmax())
-            return str(index), float(flat[index])
-    return None

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgeinfer.manifest.vision import CascadeSpec
+from edgeinfer.model.interpretation import Interpretation, interpret
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.decode import Reading
@@ -24,7 +25,7 @@ from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate
 from edgeinfer.vision.cascade import Budget, escalation_id, escalation_payload
 from edgeinfer.vision.images import guard_pillow
-from edgeinfer.vision.plan import Answer, VisionPlan, uncertain
+from edgeinfer.vision.plan import VisionPlan, uncertain
 from edgeinfer.vision.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -63,21 +64,20 @@ class VisionResults:
     def finish(
         self, active: LoadedModel, message: Message, reading: Reading, outputs: dict[str, Value]
     ) -> tuple[Mapping[str, Value], dict[str, Any], Any]:
-        """``(outputs, extra result fields, id)`` for one reading's result."""
+        """``(outputs shown, result fields, id)`` for one reading's result: its outputs
+        interpreted, and escalated when the cascade is unsure of them."""
         spec = self._override or active.manifest.cascade
         plan = active.vision or (self._plan_for(active) if spec is not None else None)
-        if plan is None:
-            return outputs, {}, reading.id
-        answer = plan.answer(outputs, reading.geometry)
-        fields = dict(answer.fields)
+        seen = interpret(active, outputs, reading.geometry, plan)
+        fields = dict(seen.fields)
         rid = reading.id
         if reading.escalated:  # answered here for the module that escalated it, not further
             spec = None
-        if spec is not None and uncertain(answer, spec.below, spec.margin):
-            rid = self._escalate(spec, active, message, reading, answer, fields)
+        if spec is not None and uncertain(seen, spec.below, spec.margin):
+            rid = self._escalate(spec, active, message, reading, seen, fields)
         elif spec is not None:
             self._budget(spec)[1].seen()
-        return (outputs if answer.keep_outputs else {}), fields, rid
+        return seen.shown, fields, rid
 
     def _plan_for(self, active: LoadedModel) -> VisionPlan:
         if self._plain is None or self._plain[0] is not active:
@@ -99,7 +99,7 @@ class VisionResults:
         active: LoadedModel,
         message: Message,
         reading: Reading,
-        answer: Answer,
+        seen: Interpretation,
         fields: dict[str, Any],
     ) -> Any:
         template, budget = self._budget(spec)
@@ -108,7 +108,7 @@ class VisionResults:
             self._metrics.escalations.labels("over_budget").inc()
             return reading.id
         rid = reading.id if reading.id is not None else escalation_id(self._module_id)
-        edge = fields or {"scores": answer.scores}
+        edge = seen.postprocess or {"scores": seen.scores}
         source = {
             "module_id": self._module_id,
             "model": active.identity.name,

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgeinfer.errors import ReadingError
+from edgeinfer.model.interpretation import interpret
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.observability.metrics import Metrics
@@ -261,14 +262,15 @@ class WindowedAnswers:
             message.done = self._resumer(window, state)
             self._responder.error(message, ReadingError("bad_topic", str(exc), window.last_id))
             return
+        seen = interpret(active, outputs)
         payload = encode_result(
             window.topic,
             active.identity,
-            outputs,
+            seen.shown,
             window.last_id,
             window.last_ts,
             (now - window.received) * 1000,
-            active.label_rule,
+            seen.fields,
             window.describe(),
         )
         message.done = self._resumer(window, state)

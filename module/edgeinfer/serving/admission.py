@@ -27,6 +27,7 @@ from edgeinfer.config.sections import ImageLimits
 from edgeinfer.errors import ModelError, StreamsDealtOutError, UpdateError
 from edgeinfer.manifest.document import Manifest, load_manifest
 from edgeinfer.manifest.streams import WindowSpec
+from edgeinfer.model.interpretation import interpret
 from edgeinfer.model.loaded import LoadedModel, load
 from edgeinfer.model.streamplan import StreamPlan, plan_streams
 from edgeinfer.runtimes.axes import BatchAxes
@@ -92,7 +93,7 @@ def admit(path: Path, manifest: Manifest | None, options: RuntimeOptions) -> Loa
             options.self_test_runs,
             loaded.batch_axes,
             feeds,
-            loaded.answered_labels,
+            lambda outputs: interpret(loaded, outputs).labels,
         )
         axes = verify_axes(loaded.model, loaded.batch_axes, feeds)
         plan = _plan(loaded, axes, path)

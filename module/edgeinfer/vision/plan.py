@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -99,7 +99,17 @@ class VisionPlan:
         return self.labels[index] if 0 <= index < len(self.labels) else index
 
 
-def uncertain(answer: Answer, below: float | None, margin: float | None) -> bool:
+class Scored(Protocol):
+    """An answer's scores, best first: an :class:`Answer`, or its reading in a result."""
+
+    @property
+    def scores(self) -> list[float]: ...
+
+    @property
+    def detections(self) -> bool: ...
+
+
+def uncertain(answer: Scored, below: float | None, margin: float | None) -> bool:
     """How sure the answer is not.
 
     A classifier's: the best score under ``below``, or within ``margin`` of the
