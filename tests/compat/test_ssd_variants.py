@@ -14,7 +14,8 @@ import pytest
 
 from edgeinfer.errors import ModelError
 from edgeinfer.manifest.document import Manifest
-from edgeinfer.manifest.postprocess import DetectSpec, postprocess_from_doc, postprocess_to_doc
+from edgeinfer.manifest.kinds import postprocess_from_doc, postprocess_to_doc
+from edgeinfer.manifest.postprocess import DetectSpec
 from edgeinfer.runtimes.base import TensorSpec
 from edgeinfer.vision.anchors import ssd_anchors
 from edgeinfer.vision.detect import Detector

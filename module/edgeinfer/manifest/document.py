@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from edgeinfer.errors import ModelError
-from edgeinfer.manifest.postprocess import PostprocessSpec, postprocess_from_doc, postprocess_to_doc
+from edgeinfer.manifest.kinds import postprocess_from_doc, postprocess_to_doc
+from edgeinfer.manifest.postprocess import PostprocessSpec
 from edgeinfer.manifest.streams import StateSpec, WindowSpec
 from edgeinfer.manifest.vision import CascadeSpec, PreprocessSpec
 

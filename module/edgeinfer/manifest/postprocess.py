@@ -29,7 +29,7 @@ Validated here with errors naming the key; the arithmetic is in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from edgeinfer.errors import ModelError
 from edgeinfer.manifest.vision import check_keys, choice, count, number, numbers
@@ -51,13 +51,60 @@ SSD_KEYS = ("anchors", "box_scale", "box_size")
 MAX_ANCHORS = 1_000_000
 
 
+class PostprocessSpec:
+    """A validated ``postprocess`` block: one kind of it, named by its ``type``.
+
+    A kind is a frozen dataclass with a ``TYPE``, read from the manifest by ``from_doc``
+    and written back by ``to_doc``, registered in :data:`edgeinfer.manifest.kinds.KINDS`;
+    what it does to a model's outputs is registered beside it in
+    :data:`edgeinfer.vision.postprocessors.POSTPROCESSORS`.
+    """
+
+    #: The manifest's ``postprocess.type``.
+    TYPE: ClassVar[str]
+    #: Where results' labels come from, as ``edgeinfer inspect`` says it.
+    LABELS_FROM: ClassVar[str]
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], where: str) -> Self:
+        """Validate the block; raises ModelError naming the key and what was expected."""
+        raise NotImplementedError
+
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest's ``postprocess`` object."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class TopKSpec:
+class TopKSpec(PostprocessSpec):
     """``postprocess`` of type ``topk``."""
+
+    TYPE: ClassVar[str] = "topk"
+    LABELS_FROM: ClassVar[str] = "topk"
 
     k: int = 5
     output: str | None = None  # None: the label rule's score output, else the first output
     activation: str = "none"
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], where: str) -> Self:
+        doc = check_keys(doc, "postprocess", {"type", "k", "output", "activation"}, where)
+        output = doc.get("output")
+        if output is not None and not isinstance(output, str):
+            raise ModelError(f"{where}: postprocess.output = {output!r}: expected an output name")
+        return cls(
+            k=count(doc.get("k", 5), "postprocess.k", where, 1, 1000),
+            output=output,
+            activation=choice(
+                doc.get("activation", "none"), "postprocess.activation", ACTIVATIONS, where
+            ),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": "topk", "k": self.k, "activation": self.activation}
+        if self.output is not None:
+            doc["output"] = self.output
+        return doc
 
 
 @dataclass(frozen=True)
@@ -120,8 +167,11 @@ class AnchorSpec:
 
 
 @dataclass(frozen=True)
-class DetectSpec:
+class DetectSpec(PostprocessSpec):
     """``postprocess`` of type ``detect``."""
+
+    TYPE: ClassVar[str] = "detect"
+    LABELS_FROM: ClassVar[str] = "detect, per detection"
 
     format: str
     score_min: float = 0.25
@@ -140,31 +190,39 @@ class DetectSpec:
         """The output that plays ``role`` (``boxes``, ``scores``, ``classes``), if named."""
         return dict(self.outputs).get(role)
 
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], where: str) -> Self:
+        return cls(**_detect(doc, where))
 
-PostprocessSpec = TopKSpec | DetectSpec
+    def to_doc(self) -> dict[str, Any]:
+        doc = {
+            "type": "detect",
+            "format": self.format,
+            "score_min": self.score_min,
+            "iou": self.iou,
+            "max_detections": self.max_detections,
+            "outputs": dict(self.outputs),
+            "box": self.box,
+            "normalized": self.normalized,
+            "activation": self.activation,
+            "box_scale": list(self.box_scale),
+        }
+        # The keys this version added, only when used: the previous one reads the rest.
+        if self.box_size != "linear":
+            doc["box_size"] = self.box_size
+        if self.ignore_classes:
+            doc["ignore_classes"] = list(self.ignore_classes)
+        if self.anchors is not None:
+            doc["anchors"] = {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in self.anchors.__dict__.items()
+                if v is not None
+            }
+        return doc
 
 
-def postprocess_from_doc(doc: object, where: str) -> PostprocessSpec:
-    """Validate ``manifest.postprocess``; raises ModelError naming the key."""
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    if kind == "topk":
-        doc = check_keys(doc, "postprocess", {"type", "k", "output", "activation"}, where)
-        output = doc.get("output")
-        if output is not None and not isinstance(output, str):
-            raise ModelError(f"{where}: postprocess.output = {output!r}: expected an output name")
-        return TopKSpec(
-            k=count(doc.get("k", 5), "postprocess.k", where, 1, 1000),
-            output=output,
-            activation=choice(
-                doc.get("activation", "none"), "postprocess.activation", ACTIVATIONS, where
-            ),
-        )
-    if kind != "detect":
-        raise ModelError(f'{where}: postprocess.type = {kind!r}: expected "topk" or "detect"')
-    return _detect(doc, where)
-
-
-def _detect(doc: object, where: str) -> DetectSpec:
+def _detect(doc: dict[str, Any], where: str) -> dict[str, Any]:
+    """A ``detect`` block's fields, validated."""
     known = {
         "type",
         "format",
@@ -203,7 +261,7 @@ def _detect(doc: object, where: str) -> DetectSpec:
             f"{where}: postprocess.box_scale = {list(scale)!r}: expected four non-zero "
             "scales (x, y, w, h)"
         )
-    return DetectSpec(
+    return dict(
         format=fmt,
         score_min=number(doc.get("score_min", 0.25), "postprocess.score_min", where, 0.0, 1.0),
         iou=number(doc.get("iou", 0.45), "postprocess.iou", where, 0.0, 1.0),
@@ -250,40 +308,6 @@ def _classes(value: object, where: str) -> tuple[int, ...]:
             "100000 class indices"
         )
     return tuple(count(v, "postprocess.ignore_classes", where, 0) for v in value)
-
-
-def postprocess_to_doc(spec: PostprocessSpec) -> dict[str, Any]:
-    """The manifest's ``postprocess`` object."""
-    if isinstance(spec, TopKSpec):
-        doc: dict[str, Any] = {"type": "topk", "k": spec.k, "activation": spec.activation}
-        if spec.output is not None:
-            doc["output"] = spec.output
-        return doc
-    doc = {
-        "type": "detect",
-        "format": spec.format,
-        "score_min": spec.score_min,
-        "iou": spec.iou,
-        "max_detections": spec.max_detections,
-        "outputs": dict(spec.outputs),
-        "box": spec.box,
-        "normalized": spec.normalized,
-        "activation": spec.activation,
-        "box_scale": list(spec.box_scale),
-    }
-    # The keys this version added, only when used: the previous one reads the rest.
-    if spec.box_size != "linear":
-        doc["box_size"] = spec.box_size
-    if spec.ignore_classes:
-        doc["ignore_classes"] = list(spec.ignore_classes)
-    if spec.anchors is not None:
-        a = spec.anchors
-        doc["anchors"] = {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in a.__dict__.items()
-            if v is not None
-        }
-    return doc
 
 
 def _brief(value: object) -> str:

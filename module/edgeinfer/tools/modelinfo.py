@@ -15,7 +15,6 @@ import orjson
 
 from edgeinfer.errors import ConfigError, ModelError, UpdateError
 from edgeinfer.manifest.document import load_manifest
-from edgeinfer.manifest.postprocess import TopKSpec
 from edgeinfer.pipeline.decode import Decoder
 from edgeinfer.runtimes import detect_format, load_model
 from edgeinfer.runtimes.axes import infer_batch_axes
@@ -147,8 +146,7 @@ def _behaviour(model: Model, path: Path, sample: Path | None) -> tuple[str, str]
         model.outputs, manifest.labels, manifest.label_output, manifest.score_output
     )
     if manifest.postprocess is not None:  # its fields replace the label rule's
-        kind = "topk" if isinstance(manifest.postprocess, TopKSpec) else "detect, per detection"
-        label = f"from postprocess {kind} (labels: see postprocess)"
+        label = f"from postprocess {manifest.postprocess.LABELS_FROM} (labels: see postprocess)"
     elif rule is None:
         label = "none (no label output; no labels in a manifest)"
     elif rule.label_output is not None:

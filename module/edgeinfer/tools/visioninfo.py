@@ -5,19 +5,13 @@ from __future__ import annotations
 
 from edgeinfer.errors import ModelError
 from edgeinfer.manifest.document import Manifest
-from edgeinfer.manifest.postprocess import DetectSpec, TopKSpec
 from edgeinfer.runtimes.base import Model
-from edgeinfer.vision.detect import brief
+from edgeinfer.vision.detect import numbers_brief
 from edgeinfer.vision.plan import VisionPlan
 from edgeinfer.vision.preprocess import Preprocessor
 from edgeinfer.vision.tflite_metadata import with_metadata_defaults
 
 _META = " (from TFLite metadata)"
-
-
-def _numbers(values: tuple[float, ...]) -> str:
-    shown = [f"{v:g}" for v in values]
-    return shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
 
 
 def _preprocess(pre: Preprocessor, meta: frozenset[str]) -> str:
@@ -28,30 +22,17 @@ def _preprocess(pre: Preprocessor, meta: frozenset[str]) -> str:
     pad = f", pad {spec.resize.pad}" if spec.resize.mode == "fit" else ""
     return (
         f"JPEG/PNG -> {color}, {resize[spec.resize.mode]} {width}x{height} "
-        f"({spec.resize.interpolation}{pad}), (pixel * {spec.scale:g} - {_numbers(spec.mean)}) "
-        f"/ {_numbers(spec.std)}{norm}, {pre.layout} {pre.dtype} into {pre.input.name!r}"
+        f"({spec.resize.interpolation}{pad}), (pixel * {spec.scale:g} - "
+        f"{numbers_brief(spec.mean)}) / {numbers_brief(spec.std)}{norm}, {pre.layout} "
+        f"{pre.dtype} into {pre.input.name!r}"
     )
 
 
 def _postprocess(plan: VisionPlan, manifest: Manifest, meta: frozenset[str]) -> str:
-    post = manifest.postprocess
     where = "TFLite metadata" if "labels" in meta else "manifest"
     labels = f"{len(manifest.labels)} labels from the {where}" if manifest.labels else "no labels"
-    if isinstance(post, TopKSpec):
-        return f"top {post.k} classes ({post.activation} activation), {labels}"
-    assert isinstance(post, DetectSpec)
-    anchors = ""
-    if plan.detector is not None and plan.detector.anchors is not None:
-        anchors = (
-            f" ({len(plan.detector.anchors)} anchors, regressors {post.box} scaled by "
-            f"{_numbers(post.box_scale)}, {post.box_size} sizes)"
-        )
-    ignored = f", ignoring classes {brief(post.ignore_classes)}" if post.ignore_classes else ""
-    return (
-        f"detect {post.format}{anchors}: {post.activation} scores >= {post.score_min:g}"
-        f"{ignored}, NMS per class at IoU {post.iou:g}, at most {post.max_detections}, boxes "
-        f"in the original image's pixels, {labels}"
-    )
+    assert plan.postprocessor is not None
+    return plan.postprocessor.describe(labels)
 
 
 def vision_lines(model: Model, manifest: Manifest, data: bytes = b"") -> list[tuple[str, str]]:

@@ -16,16 +16,24 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import ModelError
+from edgeinfer.manifest.document import Manifest
 from edgeinfer.manifest.postprocess import DetectSpec
-from edgeinfer.runtimes.base import Array, Dim, TensorSpec, Value, float_view
+from edgeinfer.runtimes.base import Array, Dim, Model, TensorSpec, Value, float_view
 from edgeinfer.vision.anchors import ssd_anchors
-from edgeinfer.vision.preprocess import Geometry
+from edgeinfer.vision.answer import Answer
+from edgeinfer.vision.preprocess import Geometry, Preprocessor
 
 
 def brief(classes: Sequence[int]) -> str:
     """A list of class indices for a message: the first eight, then how many more."""
     more = f", ... ({len(classes)} in all)" if len(classes) > 8 else ""
     return "[" + ", ".join(map(str, classes[:8])) + more + "]"
+
+
+def numbers_brief(values: Sequence[float]) -> str:
+    """One number as itself, several as a list: ``0.5``, ``[10, 10, 5, 5]``."""
+    shown = [f"{v:g}" for v in values]
+    return shown[0] if len(shown) == 1 else "[" + ", ".join(shown) + "]"
 
 
 def activate(scores: Array, activation: str) -> Array:
@@ -84,11 +92,14 @@ class Detector:
         outputs: Sequence[str],
         size: tuple[int, int],
         classes: int | None = None,
+        labels: Sequence[str] = (),
     ) -> None:
         """``outputs``: the model's output names; ``size``: its input's (width, height);
-        ``classes``: how many (the manifest's labels), which tells a YOLO output's layout."""
+        ``classes``: how many (the manifest's labels), which tells a YOLO output's layout;
+        ``labels``: the names a detection's class is given."""
         self.spec = spec
         self._classes = classes
+        self._labels = labels
         for role, name in spec.outputs:
             if name not in outputs:
                 raise ModelError(
@@ -98,6 +109,53 @@ class Detector:
         self._first = outputs[0]
         self._size = size
         self.anchors = None if spec.anchors is None else ssd_anchors(spec.anchors, *size)
+
+    @classmethod
+    def build(
+        cls,
+        spec: DetectSpec,
+        model: Model,
+        manifest: Manifest,
+        preprocessor: Preprocessor | None,
+        score_output: str | None,
+    ) -> Detector:
+        """Check ``spec`` against ``model``; raises ModelError naming the mismatch."""
+        if preprocessor is None:
+            raise ModelError(
+                "postprocess type 'detect' without preprocess: expected a preprocess "
+                "block (boxes are mapped back through its resize)"
+            )
+        outputs = [o.name for o in model.outputs]
+        labels = manifest.labels
+        detector = cls(spec, outputs, preprocessor.size, len(labels) or None, labels)
+        detector.check(model.outputs)
+        return detector
+
+    def answer(self, outputs: Mapping[str, Value], geometry: Geometry | None) -> Answer:
+        """``detections``, best first, each with its box, score, class and label."""
+        found = self.detect(outputs, geometry)
+        labels = self._labels
+        detections = [
+            {"box": [round(v, 2) for v in box], "score": score, "class": cls}
+            | ({"label": labels[cls]} if 0 <= cls < len(labels) else {})
+            for box, score, cls in found
+        ]
+        return Answer({"detections": detections}, [d[1] for d in found], False, True)
+
+    def describe(self, labels: str) -> str:
+        spec = self.spec
+        anchors = ""
+        if self.anchors is not None:
+            anchors = (
+                f" ({len(self.anchors)} anchors, regressors {spec.box} scaled by "
+                f"{numbers_brief(spec.box_scale)}, {spec.box_size} sizes)"
+            )
+        ignored = f", ignoring classes {brief(spec.ignore_classes)}" if spec.ignore_classes else ""
+        return (
+            f"detect {spec.format}{anchors}: {spec.activation} scores >= {spec.score_min:g}"
+            f"{ignored}, NMS per class at IoU {spec.iou:g}, at most {spec.max_detections}, "
+            f"boxes in the original image's pixels, {labels}"
+        )
 
     def _array(self, outputs: Mapping[str, Value], role: str) -> Array:
         name = self.spec.output(role) or self._first
