@@ -113,9 +113,9 @@ def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
 ) -> None:
     """One run blocks the serving loop (and so the network): a slow model must not run a
     full batch, or the broker would drop the connection for a missed keepalive."""
-    import edgeinfer.pipeline.engine as engine_module
+    from edgeinfer.pipeline import batchsize
 
-    monkeypatch.setattr(engine_module, "STEP_BUDGET_S", 0.1)
+    monkeypatch.setattr(batchsize, "STEP_BUDGET_S", 0.1)
 
     def slow(feeds: Mapping[str, Array]) -> dict[str, Array]:
         x = np.asarray(feeds["x"])
@@ -136,10 +136,10 @@ def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
 def test_slow_decoding_counts_in_the_batch_size_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Images take milliseconds each to decode (a large PNG, a quarter second): a batch
     of them must keep its step near the budget as a slow model's does."""
-    import edgeinfer.pipeline.engine as engine_module
+    from edgeinfer.pipeline import batchsize
     from edgeinfer.pipeline.decode import Decoder
 
-    monkeypatch.setattr(engine_module, "STEP_BUDGET_S", 0.1)
+    monkeypatch.setattr(batchsize, "STEP_BUDGET_S", 0.1)
     decode = Decoder.decode
 
     def slow_decode(self: Decoder, payload: bytes) -> Any:

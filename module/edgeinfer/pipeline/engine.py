@@ -10,8 +10,9 @@ Batches close when ``max_batch`` readings are queued or ``max_delay_ms`` has
 passed; :mod:`.runner` runs them in shape buckets along each input's batch
 axis (a model that cannot be batched runs one reading at a time). A slow model
 gets smaller batches, so that one run keeps the network waiting about
-:data:`STEP_BUDGET_S` at most; decoding a batch stops at that budget too (an image
-may take up to its decoding deadline, :mod:`edgeinfer.vision.images`), and the
+:data:`~.batchsize.STEP_BUDGET_S` at most (:mod:`.batchsize`); decoding a batch
+stops at that budget too (an image may take up to its decoding budget,
+:mod:`edgeinfer.vision.images`), and the
 readings not yet decoded wait, ahead of the queue, for the next turn, so that a
 batch of slow images never keeps the network (and the keepalive) waiting for more
 than one of them. Answers are handed on in the order readings were
@@ -35,9 +36,12 @@ from edgeinfer.errors import ReadingError
 from edgeinfer.manifest.vision import CascadeSpec
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
+from edgeinfer.pipeline import batchsize
 from edgeinfer.pipeline.batching import ReadingQueue
+from edgeinfer.pipeline.batchsize import BatchSizer
 from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
+from edgeinfer.pipeline.handoff import Handoff
 from edgeinfer.pipeline.journal import JOURNAL_NAME, Journal
 from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message
@@ -53,8 +57,6 @@ from edgeinfer.vision.images import ImageGuard
 
 log = logging.getLogger(__name__)
 
-#: About how long one model run may keep the serving loop (and so the network) busy.
-STEP_BUDGET_S = 0.25
 #: Why a reading posted over HTTP is not answered by a windowed model (also ``/predict``'s 409).
 WINDOWED_POSTED = (
     "the model answers windows of a stream (manifest window or state): "
@@ -125,21 +127,20 @@ class Engine:
         self._observers: list[Callable[[BatchOutcome], None]] = []
         self._metrics = metrics
         self._queue: ReadingQueue[Message] = ReadingQueue(settings.queue_size)
-        # swap() leaves a model here; work() takes it between batches.
+        # swap() and set_route() leave a model and a route here; work() takes them between
+        # batches, together (one lock).
         self._swap_lock = threading.Lock()
-        self._pending: tuple[LoadedModel, threading.Event] | None = None
+        self._models: Handoff[LoadedModel] = Handoff(self._swap_lock)
+        self._routes: Handoff[Route | None] = Handoff(self._swap_lock)
         self._loop: ServingLoop | None = None
         self._closed = False
         self._idle = threading.Event()
         self._idle.set()
         self._full_since: float | None = None
         self._full_lock = threading.Lock()  # submit may come from HTTP threads
-        self._row_seconds = 0.0  # a run's time per row, smoothed
-        self._decode_seconds = 0.0  # decoding's per reading, smoothed (images: milliseconds)
         self._journal: Journal | None = None
         self._windowed: WindowedAnswers | None = None
         self._routed: RoutedAnswers | None = None  # a rollout's candidate, while one runs
-        self._pending_route: tuple[Route | None, threading.Event] | None = None
         self._vision = VisionResults(
             responder,
             metrics,
@@ -158,9 +159,9 @@ class Engine:
     def _use(self, active: LoadedModel) -> None:
         self._active = active
         self._decoder = self._decoder_for(active)
-        self._max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
-        self._runner = Runner(self._max_batch, self._observe_run)
-        self._row_seconds = active.row_seconds
+        max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
+        self._sizer = BatchSizer(max_batch, active.row_seconds)
+        self._runner = Runner(max_batch, self._observe_run)
         self._use_streams(active)
 
     def _decoder_for(self, active: LoadedModel) -> Decoder:
@@ -214,17 +215,7 @@ class Engine:
         or answered twice. The old model stays loaded; its owner closes it
         once the event is set.
         """
-        applied = threading.Event()
-        with self._swap_lock:
-            if self._pending is not None:
-                self._pending[1].set()  # superseded before it was used
-            self._pending = (active, applied)
-            loop = self._loop
-        if loop is not None:
-            loop.wake()  # taken at the loop's next turn
-        else:
-            self._take_pending()  # nothing is serving: no batch can be running
-        return applied
+        return self._hand_over(self._models.offer(active))
 
     def set_route(self, route: Route | None) -> threading.Event:
         """Load a rollout's candidate beside the active model (None: take it out).
@@ -232,16 +223,15 @@ class Engine:
         Taken between two batches; the event is set once it is in (or out of)
         use, so the caller may close a candidate it took out.
         """
-        applied = threading.Event()
+        return self._hand_over(self._routes.offer(route))
+
+    def _hand_over(self, applied: threading.Event) -> threading.Event:
         with self._swap_lock:
-            if self._pending_route is not None:
-                self._pending_route[1].set()  # superseded before it was used
-            self._pending_route = (route, applied)
             loop = self._loop
         if loop is not None:
-            loop.wake()
+            loop.wake()  # taken at the loop's next turn
         else:
-            self._take_pending()
+            self._take_pending()  # nothing is serving: no batch can be running
         return applied
 
     @property
@@ -305,10 +295,10 @@ class Engine:
 
     def due(self) -> float | None:
         """Seconds until a batch is due (0: now); None when nothing is queued."""
-        if self._pending is not None or self._pending_route is not None or self._held:
+        if self._models.waiting or self._routes.waiting or self._held:
             return 0.0
         delay = 0.0 if self._closed else self._settings.max_delay_ms / 1000
-        due = self._queue.due(self._batch_limit(), delay)
+        due = self._queue.due(self._sizer.limit(), delay)
         if self._windowed is not None:
             other = self._windowed.due()
             if other is not None:
@@ -318,7 +308,7 @@ class Engine:
     def work(self) -> None:
         """Take a waiting model, then answer one batch."""
         self._take_pending()
-        batch, self._held = self._held or self._queue.take(self._batch_limit()), []
+        batch, self._held = self._held or self._queue.take(self._sizer.limit()), []
         if batch:
             self._answer_safely(batch)
         elif self._windowed is not None:
@@ -332,16 +322,10 @@ class Engine:
         if self.depth == 0:
             self._idle.set()
 
-    def _batch_limit(self) -> int:
-        if self._row_seconds <= 0:
-            return self._max_batch  # not timed yet (admission times every model it serves)
-        per_reading = self._row_seconds + self._decode_seconds  # a batch is decoded, then run
-        return max(1, min(self._max_batch, int(STEP_BUDGET_S / per_reading)))
-
     def _take_pending(self) -> None:
         with self._swap_lock:
-            pending, self._pending = self._pending, None
-            route, self._pending_route = self._pending_route, None
+            pending = self._models.take()
+            route = self._routes.take()
         if route is not None:
             self._routed = self._routing(route[0])
         if pending is not None:
@@ -414,7 +398,7 @@ class Engine:
         decoded: list[tuple[Message, Reading]] = []
         began = time.perf_counter()
         for n, message in enumerate(batch):
-            if n and time.perf_counter() - began > STEP_BUDGET_S:
+            if n and time.perf_counter() - began > batchsize.STEP_BUDGET_S:
                 # The network has waited long enough: the rest at the next turn.
                 self._held = batch[n:]
                 batch = batch[:n]
@@ -428,10 +412,7 @@ class Engine:
                 log.exception("unexpected failure decoding a reading on %s", message.topic)
                 answered.add(id(message))
                 self._responder.error(message, ReadingError.internal())
-        took = (time.perf_counter() - began) / max(1, len(batch))
-        self._decode_seconds = (
-            took if not self._decode_seconds else (0.8 * self._decode_seconds + 0.2 * took)
-        )
+        self._sizer.decoded((time.perf_counter() - began) / max(1, len(batch)))
         if not decoded:
             return
         if self._routed is not None:
@@ -456,10 +437,7 @@ class Engine:
 
     def _observe_run(self, seconds: float, readings: int) -> None:
         self._observe_candidate_run(seconds, readings)
-        per_row = seconds / max(1, readings)
-        self._row_seconds = (
-            per_row if not self._row_seconds else (0.8 * self._row_seconds + 0.2 * per_row)
-        )
+        self._sizer.ran(seconds, readings)
 
     def _publish_result(
         self,

@@ -1,0 +1,39 @@
+"""The engine's two small pieces: the hand-off to the serving thread and the batch size."""
+
+from __future__ import annotations
+
+import threading
+
+from edgeinfer.pipeline.batchsize import STEP_BUDGET_S, BatchSizer
+from edgeinfer.pipeline.handoff import Handoff
+
+
+def test_an_offer_not_yet_taken_is_superseded_and_told_so() -> None:
+    lock = threading.Lock()
+    models: Handoff[str] = Handoff(lock)
+    first = models.offer("1.0.0")
+    second = models.offer("1.1.0")
+    assert first.is_set() and not second.is_set()  # 1.0.0 will never be used
+    with lock:
+        taken = models.take()
+    assert taken is not None and taken[0] == "1.1.0" and taken[1] is second
+    assert not models.waiting
+    with lock:
+        assert models.take() is None
+
+
+def test_a_batch_fits_decoding_and_running_in_the_step_budget() -> None:
+    sizer = BatchSizer(max_batch=32, row_seconds=0.0)
+    assert sizer.limit() == 32  # not timed yet
+    sizer.ran(0.05, 1)
+    assert sizer.limit() == int(STEP_BUDGET_S / 0.05)
+    sizer.decoded(0.05)  # as long again to decode each
+    assert sizer.limit() == int(STEP_BUDGET_S / 0.1)
+    sizer.ran(10.0, 1)  # a run far over the budget: one reading at a time, never none
+    assert sizer.limit() == 1
+
+
+def test_timings_are_smoothed_not_replaced() -> None:
+    sizer = BatchSizer(max_batch=1000, row_seconds=0.001)
+    sizer.ran(0.011, 1)  # one slow run moves the estimate a fifth of the way
+    assert abs(sizer.row_seconds - 0.003) < 1e-12
