@@ -198,7 +198,7 @@ def simulate(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from edgeinfer.tools.demo import run_demo
 
-    return run_demo(args.duration, args.model)
+    return run_demo(args.duration, args.model, args.broker)
 
 
 def broker_settings(args: argparse.Namespace) -> BrokerConfig:

@@ -268,3 +268,7 @@ def _demo(sub: Subparsers) -> None:
         "--duration", type=float, default=10.0, help="seconds of live replay before the burst"
     )
     demo.add_argument("--model", type=Path, help="model to demo (default: the sample ONNX)")
+    demo.add_argument(
+        "--broker",
+        help="broker URL to use (default: the one on localhost:1883, or one the demo starts)",
+    )

@@ -106,14 +106,18 @@ class ResultWatcher:
 
 @dataclass
 class DemoBroker:
-    """The broker the demo talks to: one already listening on :1883, or one it started."""
+    """The broker the demo talks to: the one named, one already listening on :1883, or one
+    it started."""
 
     url: str
     protocol: str
     started: LocalBroker | None = None
 
     @classmethod
-    def find_or_start(cls) -> DemoBroker:
+    def find_or_start(cls, url: str | None = None) -> DemoBroker:
+        if url is not None:
+            print(f"[demo] using the broker at {url}")
+            return cls(url, "5")
         if port_open("127.0.0.1", 1883):
             url = "mqtt://127.0.0.1:1883"
             print(f"[demo] using the broker already listening on {url}")
@@ -125,13 +129,15 @@ class DemoBroker:
         return cls(broker.url, protocol, broker)
 
 
-def run_demo(duration: float, model: Path | None = None) -> int:
-    """Broker, module, live replay, an over-the-air update and a burst; 0 when all went well."""
+def run_demo(duration: float, model: Path | None = None, broker_url: str | None = None) -> int:
+    """Broker, module, live replay, an over-the-air update and a burst; 0 when all went well.
+
+    ``broker_url``: the broker to use (None: the one on :1883, else one started here)."""
     model = model or DEFAULT_MODEL
     if not model.is_file():
         print(f"demo: no sample model at {model}; give --model", file=sys.stderr)
         return 2
-    broker = DemoBroker.find_or_start()
+    broker = DemoBroker.find_or_start(broker_url)
     module = ModuleLauncher(
         broker.url,
         model,
