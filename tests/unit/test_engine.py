@@ -66,10 +66,15 @@ def engine_for(
     max_batch: int = 8,
     max_delay_ms: float = 0.0,
     row_seconds: float = 0.0,
+    step_budget_s: float = 0.25,
 ) -> tuple[Engine, Metrics]:
     metrics = Metrics()
     settings = engine_settings(
-        max_batch=max_batch, max_delay_ms=max_delay_ms, queue_size=64, max_payload_bytes=10_000
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        step_budget_s=step_budget_s,
+        queue_size=64,
+        max_payload_bytes=10_000,
     )
     responder = Responder(publisher, metrics, "edgeinfer/m/errors")
     timed = dataclasses.replace(loaded(model), row_seconds=row_seconds)
@@ -108,14 +113,9 @@ def test_batches_close_at_max_batch() -> None:
     assert model.batches == [2, 2, 1]
 
 
-def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget() -> None:
     """One run blocks the serving loop (and so the network): a slow model must not run a
     full batch, or the broker would drop the connection for a missed keepalive."""
-    from edgeinfer.pipeline import batchsize
-
-    monkeypatch.setattr(batchsize, "STEP_BUDGET_S", 0.1)
 
     def slow(feeds: Mapping[str, Array]) -> dict[str, Array]:
         x = np.asarray(feeds["x"])
@@ -124,7 +124,9 @@ def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
 
     model = FakeModel(sum_model().inputs, sum_model().outputs, slow)
     # As admission times it with the self-test.
-    engine, _ = engine_for(model, FakePublisher(), max_batch=32, row_seconds=0.04)
+    engine, _ = engine_for(
+        model, FakePublisher(), max_batch=32, row_seconds=0.04, step_budget_s=0.1
+    )
     for i in range(9):
         engine.submit(Acks().message("s", reading(i)))
     serve(engine)
@@ -136,10 +138,8 @@ def test_a_slow_model_gets_batches_that_keep_each_run_near_the_step_budget(
 def test_slow_decoding_counts_in_the_batch_size_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """Images take milliseconds each to decode (a large PNG, a quarter second): a batch
     of them must keep its step near the budget as a slow model's does."""
-    from edgeinfer.pipeline import batchsize
     from edgeinfer.pipeline.decode import Decoder
 
-    monkeypatch.setattr(batchsize, "STEP_BUDGET_S", 0.1)
     decode = Decoder.decode
 
     def slow_decode(self: Decoder, payload: bytes) -> Any:
@@ -148,7 +148,9 @@ def test_slow_decoding_counts_in_the_batch_size_too(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(Decoder, "decode", slow_decode)
     model = sum_model()  # a fast model: only decoding is slow
-    engine, _ = engine_for(model, FakePublisher(), max_batch=32, row_seconds=1e-5)
+    engine, _ = engine_for(
+        model, FakePublisher(), max_batch=32, row_seconds=1e-5, step_budget_s=0.1
+    )
     for i in range(40):
         engine.submit(Acks().message("s", reading(i)))
     serve(engine)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from edgeinfer.pipeline.batchsize import STEP_BUDGET_S, BatchSizer
+from edgeinfer.pipeline.batchsize import BatchSizer
 from edgeinfer.pipeline.handoff import Handoff
 
 
@@ -23,17 +23,17 @@ def test_an_offer_not_yet_taken_is_superseded_and_told_so() -> None:
 
 
 def test_a_batch_fits_decoding_and_running_in_the_step_budget() -> None:
-    sizer = BatchSizer(max_batch=32, row_seconds=0.0)
+    sizer = BatchSizer(max_batch=32, row_seconds=0.0, budget_s=0.25)
     assert sizer.limit() == 32  # not timed yet
     sizer.ran(0.05, 1)
-    assert sizer.limit() == int(STEP_BUDGET_S / 0.05)
+    assert sizer.limit() == int(0.25 / 0.05)
     sizer.decoded(0.05)  # as long again to decode each
-    assert sizer.limit() == int(STEP_BUDGET_S / 0.1)
+    assert sizer.limit() == int(0.25 / 0.1)
     sizer.ran(10.0, 1)  # a run far over the budget: one reading at a time, never none
     assert sizer.limit() == 1
 
 
 def test_timings_are_smoothed_not_replaced() -> None:
-    sizer = BatchSizer(max_batch=1000, row_seconds=0.001)
+    sizer = BatchSizer(max_batch=1000, row_seconds=0.001, budget_s=0.25)
     sizer.ran(0.011, 1)  # one slow run moves the estimate a fifth of the way
     assert abs(sizer.row_seconds - 0.003) < 1e-12

@@ -294,6 +294,9 @@ class PipelineConfig:
 
     max_batch: int = 32
     max_delay_ms: float = 0.0
+    #: How long one batch may keep the serving thread (and so the network) busy, decoding
+    #: and running: a slow model gets batches that fit it.
+    step_budget_ms: float = 250.0
     queue_size: int = 1024
     max_payload_bytes: int = 1_048_576
     allow_non_finite: bool = False
@@ -322,6 +325,12 @@ class PipelineConfig:
             "pipeline.max_delay_ms",
             self.max_delay_ms,
             "milliseconds in 0..1000",
+        )
+        _require(
+            10 <= self.step_budget_ms <= 2000,
+            "pipeline.step_budget_ms",
+            self.step_budget_ms,
+            "milliseconds in 10..2000 (the network waits that long: well inside the keepalive)",
         )
         _require(self.queue_size >= 1, "pipeline.queue_size", self.queue_size, "an integer >= 1")
         _require(

@@ -2,14 +2,12 @@
 
 A turn of the serving loop answers one batch, and the network waits meanwhile
 (the MQTT keepalive included): a batch is sized so that decoding it and running
-it fit in :data:`STEP_BUDGET_S`, from smoothed timings of both, and never more
-than ``pipeline.max_batch`` (1 for a model that cannot batch).
+it fit in the step budget (``pipeline.step_budget_ms``), from smoothed timings of
+both, and never more than ``pipeline.max_batch`` (1 for a model that cannot batch).
 """
 
 from __future__ import annotations
 
-#: What one turn of the serving loop may spend on a batch before the network's turn.
-STEP_BUDGET_S = 0.25
 #: The weight of the newest timing in the smoothed one.
 _NEWEST = 0.2
 
@@ -22,9 +20,11 @@ def smoothed(previous: float, newest: float) -> float:
 class BatchSizer:
     """The batch limit of the model serving, from its timings."""
 
-    def __init__(self, max_batch: int, row_seconds: float) -> None:
-        """``row_seconds``: a run's time per row measured at admission (0: not timed)."""
+    def __init__(self, max_batch: int, row_seconds: float, budget_s: float) -> None:
+        """``row_seconds``: a run's time per row measured at admission (0: not timed);
+        ``budget_s``: what one batch may take, decoding and running."""
         self.max_batch = max_batch
+        self.budget_s = budget_s
         self.row_seconds = row_seconds
         self.decode_seconds = 0.0  # a reading's decoding, smoothed (images: milliseconds)
 
@@ -41,4 +41,4 @@ class BatchSizer:
         if self.row_seconds <= 0:
             return self.max_batch  # not timed yet (admission times every model it serves)
         per_reading = self.row_seconds + self.decode_seconds  # a batch is decoded, then run
-        return max(1, min(self.max_batch, int(STEP_BUDGET_S / per_reading)))
+        return max(1, min(self.max_batch, int(self.budget_s / per_reading)))

@@ -10,7 +10,7 @@ Batches close when ``max_batch`` readings are queued or ``max_delay_ms`` has
 passed; :mod:`.runner` runs them in shape buckets along each input's batch
 axis (a model that cannot be batched runs one reading at a time). A slow model
 gets smaller batches, so that one run keeps the network waiting about
-:data:`~.batchsize.STEP_BUDGET_S` at most (:mod:`.batchsize`); decoding a batch
+``pipeline.step_budget_ms`` at most (:mod:`.batchsize`); decoding a batch
 stops at that budget too (an image may take up to its decoding budget,
 :mod:`edgeinfer.vision.images`), and the
 readings not yet decoded wait, ahead of the queue, for the next turn, so that a
@@ -36,7 +36,6 @@ from edgeinfer.errors import ReadingError
 from edgeinfer.manifest.vision import CascadeSpec
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline import batchsize
 from edgeinfer.pipeline.batching import ReadingQueue
 from edgeinfer.pipeline.batchsize import BatchSizer
 from edgeinfer.pipeline.decode import Decoder, Reading
@@ -71,6 +70,7 @@ class EngineSettings:
 
     max_batch: int
     max_delay_ms: float
+    step_budget_s: float  # what one batch may keep the serving thread busy, decoding and running
     queue_size: int
     max_payload_bytes: int
     allow_non_finite: bool
@@ -89,6 +89,7 @@ class EngineSettings:
         return cls(
             max_batch=pipeline.max_batch,
             max_delay_ms=pipeline.max_delay_ms,
+            step_budget_s=pipeline.step_budget_ms / 1000,
             queue_size=pipeline.queue_size,
             max_payload_bytes=pipeline.max_payload_bytes,
             allow_non_finite=pipeline.allow_non_finite,
@@ -160,7 +161,7 @@ class Engine:
         self._active = active
         self._decoder = self._decoder_for(active)
         max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
-        self._sizer = BatchSizer(max_batch, active.row_seconds)
+        self._sizer = BatchSizer(max_batch, active.row_seconds, self._settings.step_budget_s)
         self._runner = Runner(max_batch, self._observe_run)
         self._use_streams(active)
 
@@ -398,7 +399,7 @@ class Engine:
         decoded: list[tuple[Message, Reading]] = []
         began = time.perf_counter()
         for n, message in enumerate(batch):
-            if n and time.perf_counter() - began > batchsize.STEP_BUDGET_S:
+            if n and time.perf_counter() - began > self._settings.step_budget_s:
                 # The network has waited long enough: the rest at the next turn.
                 self._held = batch[n:]
                 batch = batch[:n]
