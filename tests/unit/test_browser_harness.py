@@ -14,7 +14,12 @@ from tests.browser import Browser, open_browser
 PAGES = {
     "/late": b"""<!doctype html><title>late</title>
 <h1>Harness</h1><p id="state">waiting</p>
-<script>setTimeout(() => { document.getElementById("state").textContent = "ready"; }, 300);</script>
+<script>
+// Ready 300 ms after the test says go: a timer from the page's load raced the test's
+// first look under the suite's load (chromedriver's round trips took longer than it).
+const ready = () => { document.getElementById("state").textContent = "ready"; };
+window.go = () => setTimeout(ready, 300);
+</script>
 """,
     "/logs-error": b"""<!doctype html><title>logs</title>
 <script>console.log("fine"); console.warn("careful"); console.error("boom");</script>
@@ -58,6 +63,7 @@ def browser() -> Iterator[Browser]:
 def test_waits_for_what_a_script_sets_later_and_screenshots_it(site: str, browser: Browser) -> None:
     browser.goto(f"{site}/late")
     assert browser.text("#state") == "waiting"
+    browser.js("window.go()")
     assert browser.wait_for("document.getElementById('state').textContent === 'ready'", 5)
     assert browser.wait_for(lambda: browser.text("#state"), 1) == "ready"
     assert browser.js("return [window.outerWidth, window.outerHeight]") == [1400, 1000]
