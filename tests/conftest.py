@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from edgeinfer.config import BrokerConfig
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings, load_recordings
 from tests import ports
-from tests.support import ModuleProcess
+from tests.support import ONNX_MODEL, Collector, ModuleProcess, Publisher
 from tests.updates_support import ModelServer, Rig
 
 ports.install()  # before any test module imports free_port by name
@@ -89,7 +91,70 @@ def server() -> Iterator[ModelServer]:
 
 
 @pytest.fixture
-def rig(broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]) -> Iterator[Rig]:
-    r = Rig(broker, tmp_path, modules)
-    yield r
-    r.close()
+def rig_with(
+    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]
+) -> Iterator[Callable[..., Rig]]:
+    """Rigs (a module on probation-short settings, its sink and a publisher) with the
+    module environment given, ``rig_with(EDGEINFER_UPDATES_PROBATION_S="60")``; closed
+    after the test."""
+    made: list[Rig] = []
+
+    def make(**env: str) -> Rig:
+        made.append(Rig(broker, tmp_path, modules, **env))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close(flush=False)
+
+
+@pytest.fixture
+def rig(rig_with: Callable[..., Rig]) -> Rig:
+    return rig_with()
+
+
+@pytest.fixture
+def collector(broker: LocalBroker) -> Iterator[Callable[..., Collector]]:
+    """Collectors on the suite's broker (``url=`` another), ``collector([topic, ...])``;
+    closed after the test."""
+    made: list[Collector] = []
+
+    def make(topics: list[str], url: str | BrokerConfig | None = None, **kw: Any) -> Collector:
+        made.append(Collector(url or broker.url, topics, **kw))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def publisher(broker: LocalBroker) -> Iterator[Callable[..., Publisher]]:
+    """QoS 1 publishers on the suite's broker (``url=`` another); closed after the test
+    (without waiting for acknowledgements: a test that needs them flushes)."""
+    made: list[Publisher] = []
+
+    def make(url: str | BrokerConfig | None = None, **kw: Any) -> Publisher:
+        made.append(Publisher(url or broker.url, **kw))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close(flush=False)
+
+
+@pytest.fixture
+def module(broker: LocalBroker, tmp_path: Path) -> Callable[..., ModuleProcess]:
+    """Modules on the suite's broker, started: ``module(env={...})``, ``module(model,
+    wait=False)``; stopped after the test (stop_modules)."""
+
+    def start(
+        model: Path = ONNX_MODEL,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        timeout: float = 20.0,
+        **kw: Any,
+    ) -> ModuleProcess:
+        return ModuleProcess(broker.url, model, tmp_path, env=env, **kw).start(wait, timeout)
+
+    return start

@@ -64,6 +64,10 @@ class Collector:
             return [orjson.loads(p) for t, p in self.messages if topic_part in t]
 
     def close(self) -> None:
+        """Disconnect (once: a second call does nothing)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -113,8 +117,13 @@ class Publisher:
             if not self._cond.wait_for(lambda: self._acked >= self._sent, timeout):
                 raise AssertionError(f"broker acknowledged {self._acked} of {self._sent}")
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, flush: bool = True) -> None:
+        """Wait for the broker's acknowledgements (``flush``), then disconnect (once)."""
+        if getattr(self, "_closed", False):
+            return
+        if flush:
+            self.flush()
+        self._closed = True
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -278,9 +278,9 @@ class Rig:
     def link(self, which: str) -> str:
         return os.readlink(self.store / which)
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
         self.sink.close()
-        self.pub.close()
+        self.pub.close(flush)
 
 
 def busy_model(layers: int = 12, channels: int = 64, side: int = 256) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,12 @@ def post(port: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 @pytest.mark.parametrize("out", [[1, 37], [1, "seq", 37]], ids=["pooled", "per-column"])
 def test_a_line_image_without_its_batch_dimension_is_answered_over_mqtt_and_http(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, out: Shape
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    out: Shape,
 ) -> None:
     path = ocr_model(tmp_path / "ocr.onnx", "image_width", out)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -213,8 +219,8 @@ def test_a_line_image_without_its_batch_dimension_is_answered_over_mqtt_and_http
     lines = {width: rng.random((1, 64, width), dtype=np.float32) for width in (40, 57)}
     module = ModuleProcess(broker.url, path, tmp_path).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), module.errors_topic])
+    pub = publisher()
     for width, line in lines.items():
         pub.send(module.topic("line"), {"id": width, "features": line.tolist()})
     # A 64 x W image without its channel: W is not known, so no count of values fits.
@@ -242,18 +248,21 @@ def test_a_line_image_without_its_batch_dimension_is_answered_over_mqtt_and_http
     assert answer["reason"] == (
         "input 'image' got shape [64, 57] (3648 values): expected values shaped [1, 64, ?]"
     )
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_a_reading_without_its_batch_dimension_fits_a_model_of_exporter_names(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
 ) -> None:
     path = dense_model(tmp_path / "dense.onnx", ["unk__214", 3], ["unk__215", 2])
     module = ModuleProcess(broker.url, path, tmp_path).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), module.errors_topic])
+    pub = publisher()
     pub.send(module.topic("row"), {"id": 1, "features": [1.0, 2.0, 3.0]})
     pub.send(module.topic("row"), {"id": 2, "features": [[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]})
     pub.send(module.topic("row"), {"id": 3, "features": [1.0, 2.0]})
@@ -263,5 +272,4 @@ def test_a_reading_without_its_batch_dimension_fits_a_model_of_exporter_names(
     assert results[1]["outputs"] == {"y": [[4.0, 5.0]]}
     assert results[2]["outputs"] == {"y": [[4.0, 5.0], [0.0, 1.0]]}
     assert errors[3]["reason"] == "input 'x' got shape [2] (2 values): expected 3 values shaped [3]"
-    sink.close()
-    pub.close()
+    pub.flush()

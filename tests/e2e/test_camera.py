@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,16 @@ def _serve(broker: LocalBroker, model: Path, tmp: Path, **env: str) -> ModulePro
 
 
 def test_classifier_top1_through_the_module_equals_plain_pillow_numpy_onnxruntime(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     model = install(orientation_model(), tmp_path, "orientation", ORIENTATION)
     module = _serve(broker, model, tmp_path, EDGEINFER_PIPELINE_MAX_IMAGE_PIXELS="4000000")
     images = [jpeg(img) for img, _ in rotated(scenes()[:6])]
-    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("cam"), module.errors_topic])
+    pub = publisher()
     for payload in images:
         pub.send(module.topic("cam"), payload)
     got = sink.wait_for(len(images), timeout=30)
@@ -76,13 +80,16 @@ def test_classifier_top1_through_the_module_equals_plain_pillow_numpy_onnxruntim
 
 
 def test_bad_images_are_answered_on_the_errors_topic_and_the_module_keeps_serving(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     model = install(ocr_cls_model(), tmp_path, "ocr-cls", OCR_CLS)
     module = _serve(broker, model, tmp_path, EDGEINFER_PIPELINE_MAX_IMAGE_PIXELS="4000000")
     good = jpeg(scenes()[0])
-    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("cam"), module.errors_topic])
+    pub = publisher()
     big = np.zeros((2100, 2100, 3), np.uint8)
     for payload in (good[: len(good) // 2], png_bomb(20000), jpeg(big, 50), good):
         pub.send(module.topic("cam"), payload)
@@ -134,15 +141,18 @@ def test_detector_boxes_through_the_module_match_a_reference_nms(
 
 
 def test_an_object_detection_api_ssd_finds_what_the_photographs_show(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     """y-x regressors, exponential sizes and a background class, declared in the manifest:
     decoded any other way, the boxes are slivers and the background wins."""
     model = install(oidv4_model(), tmp_path, "ssd-oidv4", oidv4_manifest())
     module = _serve(broker, model, tmp_path)
     photos = {"astronaut": "Person", "coffee": "Coffee cup", "chelsea": "Cat"}
-    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("cam"), module.errors_topic])
+    pub = publisher()
     for name in photos:
         pub.send(module.topic("cam"), jpeg(skimage_photo(name)))
     assert len(sink.wait_for(len(photos), timeout=30)) == len(photos)
@@ -153,14 +163,14 @@ def test_an_object_detection_api_ssd_finds_what_the_photographs_show(
         assert best["label"] == label, (name, result["detections"])
         # each photograph's subject fills much of it: a fifth at least (the cup: a third)
         assert x2 > x1 and y2 > y1 and (x2 - x1) * (y2 - y1) > 0.2 * width * height, best
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_the_camera_simulator_publishes_real_photographs_as_640x480_jpegs(
+    collector: Callable[..., Collector],
     broker: LocalBroker,
 ) -> None:
-    sink = Collector(broker.url, ["camtest/+/camera"])
+    sink = collector(["camtest/+/camera"])
     done = subprocess.run(
         [
             sys.executable,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,11 @@ BELOW, MARGIN, FRACTION, RATE = 0.8, 0.3, 0.25, 4.0
 
 @pytest.mark.parametrize("declared", ["manifest", "config"])
 def test_the_small_model_escalates_uncertain_images_and_the_big_one_answers_them_in_budget(
-    declared: str, broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    declared: str,
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     big = ModuleProcess(
         broker.url, install(orientation_model(), tmp_path, "big", ORIENTATION), tmp_path
@@ -50,9 +55,9 @@ def test_the_small_model_escalates_uncertain_images_and_the_big_one_answers_them
     small.start()
     big.wait_ready()
     images = [jpeg(img) for img, _ in rotated(scenes())]
-    edge = Collector(broker.url, [small.result_topic("cam"), small.errors_topic])
-    answers = Collector(broker.url, [f"{big.prefix}/inference/#", big.errors_topic])
-    pub = Publisher(broker.url)
+    edge = collector([small.result_topic("cam"), small.errors_topic])
+    answers = collector([f"{big.prefix}/inference/#", big.errors_topic])
+    pub = publisher()
     started = time.monotonic()
     for payload in images:
         pub.send(small.topic("cam"), payload)

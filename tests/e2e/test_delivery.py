@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -50,20 +51,24 @@ def wait_ids(sink: Collector, want: set[int], timeout: float) -> set[int]:
 
 
 def test_results_for_one_topic_keep_the_order_of_its_readings(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     for i in range(600):
         pub.send(module.topic(f"dev{i % 3}"), reading(recordings, i))
     sink.wait_for(600, timeout=30)
     for dev in range(3):
         ids = [d["id"] for d in sink.docs(f"/dev{dev}")]
         assert ids == list(range(dev, 600, 3))
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_after_a_broker_restart_mid_stream_every_qos1_reading_gets_a_result(
@@ -102,13 +107,18 @@ def test_after_a_broker_restart_mid_stream_every_qos1_reading_gets_a_result(
 
 
 def test_a_module_killed_under_load_loses_no_reading_once_restarted(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
     status_topic = f"edgeinfer/{module.module_id}/status"
-    sink = Collector(broker.url, [module.result_topic("+"), status_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), status_topic])
+    pub = publisher()
     third = threading.Event()
     sender = threading.Thread(
         target=send_paced, args=(pub, module.topic("imu"), recordings, range(1500), 500, third)
@@ -123,17 +133,21 @@ def test_a_module_killed_under_load_loses_no_reading_once_restarted(
     sender.join(60)
     got = wait_ids(sink, set(range(1500)), timeout=30)
     assert set(range(1500)) - got == set()
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_sigterm_drains_in_flight_readings_and_exits_0_with_offline_status(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+"), f"edgeinfer/{module.module_id}/status"])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), f"edgeinfer/{module.module_id}/status"])
+    pub = publisher()
     for i in range(2000):
         pub.send(module.topic("imu"), reading(recordings, i))
     pub.flush()
@@ -156,24 +170,27 @@ def test_sigterm_drains_in_flight_readings_and_exits_0_with_offline_status(
     duplicated = [i for i, n in counts.items() if n > 1]
     assert duplicated == [], f"{len(duplicated)} readings answered twice ({len(answered_before)} "
     "answered before the restart): the drained ones should have been acknowledged"
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_results_at_qos_0_are_published(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     """paho writes a QoS 0 message inside publish() and reports it at once: the outbox,
     which calls it, must not wait on itself (it hung on the first QoS 0 result)."""
     env = {"EDGEINFER_TOPICS_OUTPUT_QOS": "0"}
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, env=env).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     for i in range(50):
         pub.send(module.topic("imu"), reading(recordings, i))
     pub.flush()
     assert wait_ids(sink, set(range(50)), timeout=15) == set(range(50))
     assert module.http_get("/readyz")[0] == 200
-    sink.close()
-    pub.close()
+    pub.flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,8 @@ def first_arrivals(ids: list[int]) -> list[int]:
 
 
 def test_results_keep_their_order_per_topic_across_reconnects_with_a_slow_connack(
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
     broker: LocalBroker,
     proxy: TcpProxy,
     modules: list[ModuleProcess],
@@ -146,8 +148,8 @@ def test_results_keep_their_order_per_topic_across_reconnects_with_a_slow_connac
     one_at_a_time = {"EDGEINFER_PIPELINE_MAX_BATCH": "1", "EDGEINFER_MODEL_THREADS": "1"}
     module = ModuleProcess(proxy.url, model, tmp_path, env=one_at_a_time).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     total = 4000
     payloads = [orjson.dumps(reading(recordings, i)) for i in range(total)]
     for i in range(total):
@@ -165,11 +167,12 @@ def test_results_keep_their_order_per_topic_across_reconnects_with_a_slow_connac
         overtaken = sum(1 for a, b in itertools.pairwise(order) if b < a)
         assert overtaken == 0, f"dev{dev}: {overtaken} results arrived before older ones"
         assert order == list(range(dev, total, 2))
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_a_retained_reading_is_not_answered_by_default_not_even_after_a_reconnect(
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
     broker: LocalBroker,
     proxy: TcpProxy,
     modules: list[ModuleProcess],
@@ -177,11 +180,11 @@ def test_a_retained_reading_is_not_answered_by_default_not_even_after_a_reconnec
     recordings: Recordings,
 ) -> None:
     module = ModuleProcess(proxy.url, ONNX_MODEL, tmp_path)
-    pub = Publisher(broker.url)
+    pub = publisher()
     pub.send(module.topic("retained"), reading(recordings, 1), retain=True)
     pub.flush()
     modules.append(module.start())
-    sink = Collector(broker.url, [module.result_topic("+")])
+    sink = collector([module.result_topic("+")])
     pub.send(module.topic("live"), reading(recordings, 2))
     sink.wait_for(1)
     # Its acknowledgement must reach the broker first, or the cut redelivers it (at least once).
@@ -194,11 +197,12 @@ def test_a_retained_reading_is_not_answered_by_default_not_even_after_a_reconnec
     time.sleep(0.5)
     assert [d["id"] for d in sink.docs()] == [2, 3]
     pub.send(module.topic("retained"), b"", retain=True)  # clear it
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_with_retained_once_a_retained_reading_is_answered_once_across_reconnects(
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
     broker: LocalBroker,
     proxy: TcpProxy,
     modules: list[ModuleProcess],
@@ -208,10 +212,10 @@ def test_with_retained_once_a_retained_reading_is_answered_once_across_reconnect
     module = ModuleProcess(
         proxy.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_TOPICS_RETAINED": "once"}
     )
-    pub = Publisher(broker.url)
+    pub = publisher()
     pub.send(module.topic("retained"), reading(recordings, 1), retain=True)
     pub.flush()
-    sink = Collector(broker.url, [module.result_topic("+")])
+    sink = collector([module.result_topic("+")])
     modules.append(module.start())
     sink.wait_for(1)
     assert wait_until(lambda: module.metric("edgeinfer_unacked_readings") == 0)
@@ -225,8 +229,7 @@ def test_with_retained_once_a_retained_reading_is_answered_once_across_reconnect
     time.sleep(0.5)
     assert [d["id"] for d in sink.docs()] == [1]
     pub.send(module.topic("retained"), b"", retain=True)
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def huge_npy() -> bytes:
@@ -239,7 +242,12 @@ def huge_npy() -> bytes:
 
 
 def test_one_bad_reading_gets_its_own_error_and_never_breaks_its_batch(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = ModuleProcess(
         broker.url,
@@ -249,8 +257,8 @@ def test_one_bad_reading_gets_its_own_error_and_never_breaks_its_batch(
     ).start()
     modules.append(module)
     long_leaf = "x" * (65_535 - len(module.topic("")) - 5)
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), module.errors_topic])
+    pub = publisher()
     for round_no in range(3):
         base = round_no * 10
         pub.send(module.topic("ok"), reading(recordings, base + 1))
@@ -273,8 +281,7 @@ def test_one_bad_reading_gets_its_own_error_and_never_breaks_its_batch(
     )
     assert module.metric("edgeinfer_reading_errors_total") == 6
     assert module.http_get("/readyz")[0] == 200
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_the_module_never_has_more_answers_in_flight_than_the_brokers_receive_maximum(
@@ -301,6 +308,8 @@ def test_the_module_never_has_more_answers_in_flight_than_the_brokers_receive_ma
 
 
 def test_a_link_that_stalls_without_closing_is_noticed_and_nothing_is_lost(
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
     broker: LocalBroker,
     proxy: TcpProxy,
     modules: list[ModuleProcess],
@@ -311,8 +320,8 @@ def test_a_link_that_stalls_without_closing_is_noticed_and_nothing_is_lost(
         proxy.url, ONNX_MODEL, tmp_path, env={"EDGEINFER_BROKER_KEEPALIVE_S": "5"}
     ).start()
     modules.append(module)
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     proxy.stall()  # packets stop; no FIN, no RST
     for i in range(100):
         pub.send(module.topic("imu"), reading(recordings, i))
@@ -321,5 +330,4 @@ def test_a_link_that_stalls_without_closing_is_noticed_and_nothing_is_lost(
     proxy.resume()
     assert wait_until(lambda: {d["id"] for d in sink.docs()} >= set(range(100)), 30)
     assert module.metric("edgeinfer_broker_connects_total") >= 2
-    sink.close()
-    pub.close()
+    pub.flush()

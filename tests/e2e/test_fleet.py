@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,12 @@ def fleet(broker: LocalBroker, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_fleet_status_shows_every_module_online_or_not_with_labels_and_health(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess], recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
+    modules: list[ModuleProcess],
+    recordings: Recordings,
 ) -> None:
     fleet_id = unique("f")  # this test's modules, among the suite's others on the broker
     sites = {"a": 2, "b": 1}
@@ -42,8 +48,8 @@ def test_fleet_status_shows_every_module_online_or_not_with_labels_and_health(
             module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, env=env).start()
             modules.append(module)
             started.append((site, module))
-    sink = Collector(broker.url, [f"edgeinfer/{m.module_id}/health" for _, m in started])
-    pub = Publisher(broker.url)
+    sink = collector([f"edgeinfer/{m.module_id}/health" for _, m in started])
+    pub = publisher()
     for i in range(100):
         for _, module in started:
             pub.send(
@@ -81,5 +87,4 @@ def test_fleet_status_shows_every_module_online_or_not_with_labels_and_health(
     assert any(stopped.module_id in line and " no " in line for line in lines)
     bad = fleet(broker, "--selector", "site")
     assert bad.returncode == 2 and "--selector" in bad.stderr
-    pub.close()
-    sink.close()
+    pub.flush()

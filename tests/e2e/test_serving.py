@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +43,18 @@ def start(
 
 
 def test_every_payload_format_gets_the_models_answer_with_id_and_ts_echoed(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = start(modules, broker, tmp_path)
     window = recordings.windows[12]
     expected = reference(window[np.newaxis])
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     pub.send(module.topic("nested"), {"id": "a-1", "ts": 1700000000.5, "features": window.tolist()})
     pub.send(module.topic("flat"), window.ravel().tolist())
     pub.send(module.topic("npy"), npy_bytes(window))
@@ -70,16 +76,20 @@ def test_every_payload_format_gets_the_models_answer_with_id_and_ts_echoed(
     assert by_topic["nested"]["topic"] == module.topic("nested")
     assert by_topic["named"]["id"] == 7
     assert by_topic["flat"]["id"] is None
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_a_multi_input_model_takes_named_inputs_with_int64_and_several_rows(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, multi_input_model: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    multi_input_model: Path,
 ) -> None:
     module = start(modules, broker, tmp_path, model=multi_input_model)
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), module.errors_topic])
+    pub = publisher()
     pub.send(module.topic("one"), {"id": 1, "inputs": {"x": [1, 2, 3], "k": 4}})
     pub.send(
         module.topic("two"), {"id": 2, "inputs": {"x": [[1, 2, 3], [4, 5, 6]], "k": [[1], [2]]}}
@@ -96,16 +106,20 @@ def test_a_multi_input_model_takes_named_inputs_with_int64_and_several_rows(
     assert errors[3]["reason"] == "input 'k' holds non-integer values: expected integers for int64"
     assert errors[4]["error"] == "bad_payload"
     assert errors[4]["reason"] == "inputs ['x'] do not match the model: expected exactly ['x', 'k']"
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_the_tflite_model_serves_the_same_answers_as_the_onnx_model(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = start(modules, broker, tmp_path, model=TFLITE_MODEL)
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     for i, window in enumerate(recordings.windows):
         pub.send(module.topic("imu"), {"id": i, "features": window.tolist()})
     sink.wait_for(len(recordings.windows))
@@ -114,8 +128,7 @@ def test_the_tflite_model_serves_the_same_answers_as_the_onnx_model(
     np.testing.assert_allclose(got, reference(recordings.windows), atol=1e-5)
     labels = [d["label"] for d in docs]
     assert labels == [recordings.label_names[i] for i in recordings.labels]
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_batching_on_and_off_give_identical_results(
@@ -187,11 +200,16 @@ BAD_READINGS: list[tuple[bytes, str, str]] = [
 
 
 def test_a_flood_of_malformed_readings_is_reported_and_the_module_keeps_serving(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = start(modules, broker, tmp_path, EDGEINFER_PIPELINE_MAX_PAYLOAD_BYTES="65536")
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+"), module.errors_topic])
+    pub = publisher()
     rounds = 20
     for r in range(rounds):
         for payload, _, _ in BAD_READINGS:
@@ -213,8 +231,7 @@ def test_a_flood_of_malformed_readings_is_reported_and_the_module_keeps_serving(
     assert module.http_get("/readyz")[0] == 200
     assert module.metric("edgeinfer_reading_errors_total") == rounds * len(BAD_READINGS)
     assert module.wait_metric("edgeinfer_results_published_total", rounds) == rounds
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_health_readiness_and_metrics_endpoints(
@@ -259,21 +276,30 @@ def test_readyz_reports_503_with_the_reason_while_the_broker_is_away(
 
 
 def test_mqtt_3_1_1_is_selectable_and_serves_the_same(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = start(modules, broker, tmp_path, EDGEINFER_BROKER_PROTOCOL="3.1.1")
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     for i in range(20):
         pub.send(module.topic("imu"), {"id": i, "features": recordings.windows[i].tolist()})
     sink.wait_for(20)
     assert sorted(d["id"] for d in sink.docs()) == list(range(20))
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_a_full_queue_applies_back_pressure_and_drops_nothing(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = start(
         modules,
@@ -283,8 +309,8 @@ def test_a_full_queue_applies_back_pressure_and_drops_nothing(
         EDGEINFER_PIPELINE_MAX_BATCH="1",
         EDGEINFER_TOPICS_INPUT_QOS="0",
     )
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     for i in range(400):
         pub.send(module.topic("imu"), {"id": i, "features": recordings.windows[i % 40].tolist()})
     pub.flush()
@@ -295,7 +321,12 @@ def test_a_full_queue_applies_back_pressure_and_drops_nothing(
 
 
 def test_a_slow_model_never_starves_the_connection(
-    broker: LocalBroker, modules: list[ModuleProcess], tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     """The model runs on the serving thread, between network events. With ~0.3 s a reading
     and 30 readings queued, one batch of all would keep the network silent ~9 s: past the
@@ -307,16 +338,15 @@ def test_a_slow_model_never_starves_the_connection(
     module = start(
         modules, broker, tmp_path, model=model, ready_s=90.0, EDGEINFER_BROKER_KEEPALIVE_S="5"
     )
-    sink = Collector(broker.url, [module.result_topic("+")])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
     for i in range(30):
         pub.send(module.topic("imu"), {"id": i, "features": recordings.windows[i].tolist()})
     sink.wait_for(30, timeout=60)
     assert sorted(d["id"] for d in sink.docs()) == list(range(30))
     assert module.metric("edgeinfer_broker_connects_total") == 1
     assert "connection lost" not in module.log()
-    sink.close()
-    pub.close()
+    pub.flush()
 
 
 def test_logs_are_one_json_object_per_line(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -147,16 +147,20 @@ def test_off_loopback_the_page_asks_for_the_token_and_then_shows(
 
 
 def test_a_running_rollout_shows_its_versions_and_gates(
-    broker: LocalBroker, server: ModelServer, tmp_path: Path, recordings: Recordings
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    server: ModelServer,
+    tmp_path: Path,
+    recordings: Recordings,
 ) -> None:
     module = ModuleProcess(broker.url, ONNX_MODEL, tmp_path, env=UPDATE_ENV).start()
     candidate = (ONNX_MODEL.parent.parent / "int8-static" / "model.onnx").read_bytes()
     url = server.add("/har-1.1.0.onnx", candidate)
     doc = desired_for(url, candidate, labels=HAR_LABELS, self_test=HAR_SELF_TEST, sequence=1)
     doc["rollout"] = {"mode": "shadow", "percent": 100, "min_samples": 10**9}
-    pub = Publisher(broker.url)
+    pub = publisher()
     pub.send(f"edgeinfer/{module.module_id}/desired", doc, retain=True)
-    pub.close()
+    pub.flush()
     with open_browser(name="status-page-rollout") as browser:
         browser.goto(f"http://127.0.0.1:{module.http_port}/")
         browser.wait_for("!document.getElementById('rollout').hidden", timeout=20)

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -234,11 +235,15 @@ def test_a_store_a_refused_model_was_left_current_in_starts_with_a_good_model(
 
 
 def test_another_model_on_a_used_store_is_installed_as_a_new_version_the_same_one_is_not(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess], recordings: Recordings
+    collector: Callable[..., Collector],
+    broker: LocalBroker,
+    tmp_path: Path,
+    modules: list[ModuleProcess],
+    recordings: Recordings,
 ) -> None:
     mid = unique("m")
     state = tmp_path / f"state-{mid}"
-    reported = Collector(broker.url, [f"edgeinfer/{mid}/reported"])
+    reported = collector([f"edgeinfer/{mid}/reported"])
     first = serve(broker, ONNX_MODEL, tmp_path, mid, modules)
     assert answer(broker, first, recordings)["version"] == "1.0.0"
     first.stop()
@@ -280,7 +285,6 @@ def test_another_model_on_a_used_store_is_installed_as_a_new_version_the_same_on
     fourth = serve(broker, ONNX_MODEL, tmp_path, mid, modules)
     assert answer(broker, fourth, recordings)["version"] == "1.0.0"
     assert layout(state) == both_with("1.0.0", "1.1.0")
-    reported.close()
 
 
 def test_another_build_under_a_version_the_store_holds_is_refused_naming_both(

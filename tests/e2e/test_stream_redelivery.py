@@ -210,6 +210,8 @@ def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 @pytest.mark.parametrize("ts", sorted(TS))
 @pytest.mark.parametrize("fault", ["cut", "kill"])
 def test_samples_whose_pubacks_were_lost_enter_no_window_twice_end_to_end(
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
     broker: LocalBroker,
     proxy: TcpProxy,
     tmp_path: Path,
@@ -221,8 +223,8 @@ def test_samples_whose_pubacks_were_lost_enter_no_window_twice_end_to_end(
     module is killed (-9) and started again: mosquitto redelivers all 70."""
     model = windowed_model(tmp_path, {"size": 100, "hop": 50})
     module = ModuleProcess(proxy.url, model, tmp_path).start()
-    sink = Collector(broker.url, [module.result_topic("imu"), module.errors_topic])
-    pub = Publisher(broker.url)
+    sink = collector([module.result_topic("imu"), module.errors_topic])
+    pub = publisher()
     samples = np.concatenate(recordings.windows[:3])
     for i in range(40):
         pub.send(module.topic("imu"), _sample(samples, i, ts))
@@ -247,13 +249,17 @@ def test_samples_whose_pubacks_were_lost_enter_no_window_twice_end_to_end(
     assert module.wait_metric("edgeinfer_duplicate_samples_total", 70) == 70
     assert sink.docs("/errors") == []
     _check_windows(sink.docs("/inference/"), samples, 300)
-    pub.close()
-    sink.close()
+    pub.flush()
 
 
 @pytest.mark.parametrize("how", JOURNAL_DAMAGE)
 def test_a_module_whose_journal_is_damaged_starts_serves_and_says_what_was_lost(
-    broker: LocalBroker, tmp_path: Path, recordings: Recordings, how: str
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
+    recordings: Recordings,
+    how: str,
 ) -> None:
     model = windowed_model(tmp_path, {"size": 100, "hop": 100})
     samples = recordings.windows[0]
@@ -263,9 +269,9 @@ def test_a_module_whose_journal_is_damaged_starts_serves_and_says_what_was_lost(
     journal_with_samples(tmp_path / "real.sqlite", model, samples)
     shutil.copyfile(tmp_path / "real.sqlite", journal)
     damaged = corrupt_journal(journal, how)
-    sink = Collector(broker.url, [module.result_topic("imu"), module.errors_topic])
+    sink = collector([module.result_topic("imu"), module.errors_topic])
     module.start()  # before: exit 1, "sqlite3.DatabaseError: file is not a database"
-    pub = Publisher(broker.url)
+    pub = publisher()
     for i in range(100):
         pub.send(module.topic("imu"), {"features": samples[i].tolist(), "id": i})
     pub.flush()
@@ -275,5 +281,4 @@ def test_a_module_whose_journal_is_damaged_starts_serves_and_says_what_was_lost(
     (report,) = sink.docs("/errors")
     assert report["error"] == "journal_lost" and aside.name in report["reason"]
     assert "set aside" in module.log() and "Traceback" not in module.log()
-    pub.close()
-    sink.close()
+    pub.flush()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,11 @@ def _wait_windows(sink: Collector, count: int, timeout: float) -> dict[tuple[str
 
 
 def test_per_sample_replay_across_100_topics_equals_an_offline_windowed_reference(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector], broker: LocalBroker, tmp_path: Path
 ) -> None:
     model = windowed_model(tmp_path, {"size": 100, "hop": 50})
     module = ModuleProcess(broker.url, model, tmp_path).start()
-    sink = Collector(broker.url, [module.result_topic("+/imu"), module.errors_topic])
+    sink = collector([module.result_topic("+/imu"), module.errors_topic])
     topic = f"{module.prefix}/sensors/{{device}}/imu"
     sent = simulate_samples(broker.url, rate=0, count=200, topic=topic, devices=100)
     assert sent == 100 * 200
@@ -53,18 +54,20 @@ def test_per_sample_replay_across_100_topics_equals_an_offline_windowed_referenc
             np.testing.assert_allclose(doc["outputs"]["probabilities"][0], want, rtol=1e-5)
     assert sink.docs("/errors") == []
     assert module.wait_metric("edgeinfer_windows_total", 300) == 300
-    sink.close()
 
 
 def test_a_recurrent_model_batched_answers_each_stream_as_if_alone(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     """silero-vad (the published package's model): its state per stream, stacked in batches."""
     source = model_file("silero-vad", "silero_vad/data/silero_vad.onnx")
     window = {"size": 576, "hop": 512, "fixed": {"sr": 16000}}
     model = windowed_model(tmp_path, window, {"map": {"state": "stateN"}}, source=source)
     module = ModuleProcess(broker.url, model, tmp_path).start()
-    sink = Collector(broker.url, [module.result_topic("+"), module.errors_topic])
+    sink = collector([module.result_topic("+"), module.errors_topic])
     rng = np.random.default_rng(7)
     length = 576 + 512 * 9
     audio = {
@@ -74,7 +77,7 @@ def test_a_recurrent_model_batched_answers_each_stream_as_if_alone(
         ).astype(np.float32)
         for k in range(8)
     }
-    pub = Publisher(broker.url)
+    pub = publisher()
     for start in range(0, length, 256):  # microphone nodes: chunks of 256 samples
         for name, samples in audio.items():
             chunk = samples[start : start + 256]
@@ -89,16 +92,15 @@ def test_a_recurrent_model_batched_answers_each_stream_as_if_alone(
         np.testing.assert_allclose([d["outputs"]["output"][0][0] for d in got], want, atol=1e-6)
     runs = module.metric("edgeinfer_batch_size_count")
     assert runs < 80, f"{runs} runs for 80 windows: the streams were never batched"
-    pub.close()
-    sink.close()
+    pub.flush()
 
 
 def test_a_module_killed_mid_stream_loses_no_window_once_restarted(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector], broker: LocalBroker, tmp_path: Path
 ) -> None:
     model = windowed_model(tmp_path, {"size": 100, "hop": 50})
     module = ModuleProcess(broker.url, model, tmp_path).start()
-    sink = Collector(broker.url, [module.result_topic("+/imu"), module.errors_topic])
+    sink = collector([module.result_topic("+/imu"), module.errors_topic])
     topic = f"{module.prefix}/sensors/{{device}}/imu"
     sender = threading.Thread(
         target=simulate_samples,
@@ -124,7 +126,6 @@ def test_a_module_killed_mid_stream_loses_no_window_once_restarted(
             np.testing.assert_allclose(doc["outputs"]["probabilities"][0], want, rtol=1e-5)
     assert sink.docs("/errors") == []
     assert "restored" in module.log()
-    sink.close()
 
 
 def test_a_window_that_does_not_fit_the_model_stops_the_module_with_exit_2(
@@ -138,13 +139,16 @@ def test_a_window_that_does_not_fit_the_model_stops_the_module_with_exit_2(
 
 
 def test_results_report_the_window_and_the_reported_state_the_streams(
-    broker: LocalBroker, tmp_path: Path
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    broker: LocalBroker,
+    tmp_path: Path,
 ) -> None:
     model = windowed_model(tmp_path, {"size": 100, "hop": 100, "key": "device"})
     module = ModuleProcess(broker.url, model, tmp_path).start()
-    sink = Collector(broker.url, [module.result_topic("+"), f"edgeinfer/{module.module_id}/#"])
+    sink = collector([module.result_topic("+"), f"edgeinfer/{module.module_id}/#"])
     samples = device_samples(0, 1, 100)
-    pub = Publisher(broker.url)
+    pub = publisher()
     for i, row in enumerate(samples):
         pub.send(
             module.topic("gw"), {"device": "imu-7", "id": i, "ts": i / 10, "features": row.tolist()}
@@ -167,16 +171,15 @@ def test_results_report_the_window_and_the_reported_state_the_streams(
     assert error["error"] == "bad_payload" and error["id"] == "no-key"
     reported = orjson.loads([p for t, p in sink.messages if t.endswith("/reported")][-1])
     assert reported["model"]["streams"]["window"]["key"] == "device"
-    pub.close()
-    sink.close()
+    pub.flush()
 
 
 def test_simulate_per_sample_feeds_the_streaming_sample_model(
-    broker: LocalBroker, tmp_path: Path, recordings: Recordings
+    collector: Callable[..., Collector], broker: LocalBroker, tmp_path: Path, recordings: Recordings
 ) -> None:
     """As a user runs it: the sample model's streaming variant and the per-sample simulator."""
     module = ModuleProcess(broker.url, STREAM_MODEL, tmp_path).start()
-    sink = Collector(broker.url, [module.result_topic("+/imu")])
+    sink = collector([module.result_topic("+/imu")])
     result = subprocess.run(
         [
             sys.executable,
@@ -208,4 +211,3 @@ def test_simulate_per_sample_feeds_the_streaming_sample_model(
         truth = recordings.labels[recording_index(d, len(recordings.labels))]
         assert doc["label"] == recordings.label_names[truth]
         assert doc["window"]["samples"] == 100
-    sink.close()

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
@@ -59,13 +59,11 @@ def signed(doc: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 
 
 def test_probation_is_not_ended_by_junk_or_by_the_same_desired_state_coming_again(
-    broker: LocalBroker,
-    tmp_path: Path,
-    modules: list[ModuleProcess],
+    rig_with: Callable[..., Rig],
     server: ModelServer,
     recordings: Recordings,
 ) -> None:
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_PROBATION_S="60")
+    rig = rig_with(EDGEINFER_UPDATES_PROBATION_S="60")
     means = recordings.windows.mean(axis=(1, 2))
     best = int(means.argmax())
     body = nan_below_model(float(means[best]) - 1e-3)  # NaN for every window but the best
@@ -84,17 +82,14 @@ def test_probation_is_not_ended_by_junk_or_by_the_same_desired_state_coming_agai
     report = wait_reported(rig.sink, update_is("rolled_back", "2.0.0"))
     assert "NaN/inf" in report["update"]["error"]
     assert rig.link("current") == "models/har/1.0.0"
-    rig.close()
 
 
 def test_a_model_on_probation_when_the_module_is_killed_is_watched_again_after_restart(
-    broker: LocalBroker,
-    tmp_path: Path,
-    modules: list[ModuleProcess],
+    rig_with: Callable[..., Rig],
     server: ModelServer,
     recordings: Recordings,
 ) -> None:
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_PROBATION_S="60")
+    rig = rig_with(EDGEINFER_UPDATES_PROBATION_S="60")
     means = recordings.windows.mean(axis=(1, 2))
     best = int(means.argmax())
     body = nan_below_model(float(means[best]) - 1e-3)
@@ -111,13 +106,13 @@ def test_a_model_on_probation_when_the_module_is_killed_is_watched_again_after_r
     report = wait_reported(rig.sink, update_is("rolled_back", "2.0.0"))
     assert "NaN/inf" in report["update"]["error"]
     assert rig.link("current") == "models/har/1.0.0"
-    rig.close()
 
 
 def test_a_newer_desired_state_during_probation_rolls_the_unproven_model_back_first(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess], server: ModelServer
+    rig_with: Callable[..., Rig],
+    server: ModelServer,
 ) -> None:
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_PROBATION_S="60")
+    rig = rig_with(EDGEINFER_UPDATES_PROBATION_S="60")
     rig.desire(desired_for(server.add("/a.tflite", TFLITE), TFLITE, version="2.0.0"))
     wait_reported(rig.sink, update_is("probation", "2.0.0"))
     rig.desire(desired_for(server.add("/b.tflite", TFLITE), TFLITE, version="3.0.0"))
@@ -125,18 +120,17 @@ def test_a_newer_desired_state_during_probation_rolls_the_unproven_model_back_fi
     # 2.0.0 never passed probation: it is not what a roll-back of 3.0.0 would go to.
     assert rig.link("previous") == "models/har/1.0.0"
     assert not [d for d in rig.sink.docs("/reported") if update_is("active", "2.0.0")(d)]
-    rig.close()
 
 
 # -- file:// ------------------------------------------------------------------------
 
 
 def test_file_urls_are_off_unless_configured_and_never_disclose_other_files(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]
+    rig_with: Callable[..., Rig], tmp_path: Path
 ) -> None:
     secret = tmp_path / "secret.key"
     secret.write_bytes(b"s3cr3t " * 100)
-    rig = Rig(broker, tmp_path, modules)
+    rig = rig_with()
     before = len(rig.sink.docs("/reported"))
     rig.desire(desired_for(secret.as_uri(), b"x" * 10, version="9.0.0"))
     error = wait_reported_after(rig.sink, before, "failed")["update"]["error"]
@@ -144,14 +138,13 @@ def test_file_urls_are_off_unless_configured_and_never_disclose_other_files(
         f"model.url {secret.as_uri()!r}: file:// URLs are off (set updates.file_roots to "
         "the directories models may be installed from)"
     )
-    rig.close()
 
     models = tmp_path / "models"
     models.mkdir()
     (models / "link-to-secret").symlink_to(secret)
     (models / "zero").symlink_to("/dev/zero")
     (models / "har.tflite").write_bytes(TFLITE)
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_FILE_ROOTS=str(models))
+    rig = rig_with(EDGEINFER_UPDATES_FILE_ROOTS=str(models))
     cases = [
         (secret.as_uri(), "outside updates.file_roots"),
         ((models / "link-to-secret").as_uri(), "outside updates.file_roots"),
@@ -175,7 +168,6 @@ def test_file_urls_are_off_unless_configured_and_never_disclose_other_files(
         assert digest not in text and str(secret.stat().st_size) not in text
     rig.desire(desired_for((models / "har.tflite").as_uri(), TFLITE, version="9.1.0"))
     wait_reported(rig.sink, update_is("active", "9.1.0"))
-    rig.close()
 
 
 # -- the same version with other bytes -------------------------------------------------
@@ -294,12 +286,14 @@ def test_a_disk_that_fills_during_install_fails_the_update_and_leaves_nothing_be
 
 
 def test_signed_documents_must_name_this_module_and_old_inbox_manifests_are_replays(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess], server: ModelServer
+    rig_with: Callable[..., Rig],
+    tmp_path: Path,
+    server: ModelServer,
 ) -> None:
     key, public = keypair(tmp_path)
     trusted = {"EDGEINFER_UPDATES_TRUSTED_KEYS": str(public)}
-    a = Rig(broker, tmp_path, modules, **trusted)
-    b = Rig(broker, tmp_path, modules, **trusted)
+    a = rig_with(**trusted)
+    b = rig_with(**trusted)
     url = server.add("/s.tflite", TFLITE)
     untargeted = signed(desired_for(url, TFLITE, sequence=10), key)
     before = len(b.sink.docs("/reported"))
@@ -334,8 +328,6 @@ def test_signed_documents_must_name_this_module_and_old_inbox_manifests_are_repl
             wait_reported(a.sink, update_is("active", "3.0.0"))
     report = wait_reported(a.sink, update_is("failed", "3.1.0"))
     assert "sequence 15 is not higher than the last accepted 20" in report["update"]["error"]
-    a.close()
-    b.close()
 
 
 # -- downloads: redirects, leftovers ----------------------------------------------------------

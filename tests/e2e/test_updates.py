@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import orjson
 
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
-from tests.support import ONNX_MODEL, TFLITE_MODEL, ModuleProcess, on_terminal
+from tests.support import ONNX_MODEL, TFLITE_MODEL, on_terminal
 from tests.updates_support import (
     HAR_LABELS,
     HAR_SELF_TEST,
@@ -174,13 +175,11 @@ def test_bad_desired_states_are_refused_and_the_active_model_keeps_serving(
 
 
 def test_a_model_that_fails_on_live_traffic_is_rolled_back_during_probation(
-    broker: LocalBroker,
-    tmp_path: Path,
-    modules: list[ModuleProcess],
+    rig_with: Callable[..., Rig],
     server: ModelServer,
     recordings: Recordings,
 ) -> None:
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_PROBATION_S="30")
+    rig = rig_with(EDGEINFER_UPDATES_PROBATION_S="30")
     means = recordings.windows.mean(axis=(1, 2))
     best = int(means.argmax())
     body = nan_below_model(float(means[best]) - 1e-3)
@@ -216,13 +215,13 @@ def test_a_model_that_fails_on_live_traffic_is_rolled_back_during_probation(
     assert refused["update"]["error"].startswith("har 2.0.0 failed here before (rolled back")
     assert refused["model"]["version"] == "1.0.0"
     assert rig.link("current") == "models/har/1.0.0"
-    rig.close()
 
 
 def test_a_stored_version_without_url_is_activated_and_old_versions_are_pruned(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess], server: ModelServer
+    rig_with: Callable[..., Rig],
+    server: ModelServer,
 ) -> None:
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_KEEP_VERSIONS="2")
+    rig = rig_with(EDGEINFER_UPDATES_KEEP_VERSIONS="2")
     for version in ("1.1.0", "1.2.0"):
         rig.desire(
             desired_for(
@@ -245,7 +244,6 @@ def test_a_stored_version_without_url_is_activated_and_old_versions_are_pruned(
     rig.desire({"model": {"name": "har", "version": "9.9.9"}})
     failed = wait_reported(rig.sink, update_is("failed", "9.9.9"))
     assert failed["update"]["error"] == "version har 9.9.9 is not in the store"
-    rig.close()
 
 
 def test_a_newer_desired_state_supersedes_a_running_download(rig: Rig, server: ModelServer) -> None:
@@ -287,14 +285,16 @@ def make_keys(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_with_trusted_keys_only_signed_newer_documents_are_accepted(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess], server: ModelServer
+    rig_with: Callable[..., Rig],
+    tmp_path: Path,
+    server: ModelServer,
 ) -> None:
     from edgeinfer.tools.deploy import build_desired
     from edgeinfer.updates.signing import load_private_key, sign
 
     private, public = make_keys(tmp_path)
     other, _ = make_keys(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_TRUSTED_KEYS=str(public))
+    rig = rig_with(EDGEINFER_UPDATES_TRUSTED_KEYS=str(public))
     mid = rig.module.module_id
     url = server.add("/signed.tflite", TFLITE)
 
@@ -350,7 +350,6 @@ def test_with_trusted_keys_only_signed_newer_documents_are_accepted(
     time.sleep(1)
     assert rig.link("current") == "models/har/1.1.0"
     assert not [d for d in rig.sink.docs("/reported")[-3:] if d["update"]["state"] == "failed"]
-    rig.close()
 
 
 def test_a_hand_edited_current_link_goes_through_the_self_test_gate(
@@ -468,11 +467,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_deploy_and_status_commands_drive_an_update(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]
+    rig_with: Callable[..., Rig], broker: LocalBroker
 ) -> None:
     # deploy's default URL is the file's file:// URL: the module must allow its directory.
     models = str(TFLITE_MODEL.parent.parent)
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_FILE_ROOTS=models)
+    rig = rig_with(EDGEINFER_UPDATES_FILE_ROOTS=models)
     mid = rig.module.module_id
     deployed = run_cli(
         "deploy",
@@ -535,10 +534,10 @@ def test_a_current_model_that_fails_its_self_test_at_start_falls_back_to_previou
 
 
 def test_deploy_wait_follows_the_update_to_active_or_to_its_failure(
-    broker: LocalBroker, tmp_path: Path, modules: list[ModuleProcess]
+    rig_with: Callable[..., Rig], broker: LocalBroker, tmp_path: Path
 ) -> None:
     models = str(TFLITE_MODEL.parent.parent)
-    rig = Rig(broker, tmp_path, modules, EDGEINFER_UPDATES_FILE_ROOTS=models)
+    rig = rig_with(EDGEINFER_UPDATES_FILE_ROOTS=models)
     mid = rig.module.module_id
     common = ("--module-id", mid, "--broker", broker.url, "--wait", "--timeout", "30")
     done = run_cli("deploy", "--model", str(TFLITE_MODEL), "--version", "1.1.0", *common)
