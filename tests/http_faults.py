@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeinfer.config import HttpConfig, PipelineConfig
-from edgeinfer.observability.http import HealthServer, Operator, Predict
+from edgeinfer.http.server import HealthServer, Operator, Predict
 from edgeinfer.observability.metrics import Metrics
 
 #: Linux retransmits an unanswered SYN after 1 s: a connect this slow waited for one.

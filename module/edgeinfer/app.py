@@ -24,17 +24,17 @@ from types import FrameType
 from typing import Any
 
 from edgeinfer.config import Config
+from edgeinfer.http.predict import Predictor
+from edgeinfer.http.server import HealthServer, Operator
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.mqtt.connection import MqttConnection
 from edgeinfer.mqtt.outbox import log_refusal
 from edgeinfer.observability.health import HealthPublisher
-from edgeinfer.observability.http import HealthServer, Operator
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.observability.status import StatusBoard
 from edgeinfer.pipeline.engine import Engine, EngineSettings
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.serving.admission import RuntimeOptions
-from edgeinfer.serving.predict import Predictor
 from edgeinfer.topics import is_shared, module_topic
 from edgeinfer.updates.reported import Reporter
 from edgeinfer.updates.served import Served

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeinfer.errors import ConfigError
 from edgeinfer.tools.broker import LocalBroker
+from edgeinfer.tools.fleet.plan import FailureLimit, parse_waves, plan_waves
 from edgeinfer.tools.recordings import Recordings
-from edgeinfer.tools.rollout_plan import FailureLimit, parse_waves, plan_waves
 from tests.support import ONNX_MODEL, ROOT, Collector, ModuleProcess, Publisher, unique
 from tests.updates_support import UPDATE_ENV, nan_below_model
 

@@ -19,7 +19,7 @@ import pytest
 
 from edgeinfer.config import HttpConfig, load_config
 from edgeinfer.errors import ConfigError
-from edgeinfer.observability.http import HealthServer
+from edgeinfer.http.server import HealthServer
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from tests.http_faults import SYN_RETRY_S, HalfSentBodies, HalfSentBody, connect_flood, http_server

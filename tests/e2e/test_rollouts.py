@@ -25,7 +25,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from edgeinfer.pipeline.routing import bucket
+from edgeinfer.pipeline.delivery.routing import bucket
 from edgeinfer.tools.recordings import Recordings
 from tests.support import ONNX_MODEL, ROOT, ModuleProcess
 from tests.updates_support import (

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeinfer.pipeline.windows import Stream
+from edgeinfer.pipeline.streams.windows import Stream
 from edgeinfer.tools.broker import LocalBroker
 from edgeinfer.tools.recordings import Recordings
 from tests.e2e.test_streams import STREAM_BYTES

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.manifest.document import Manifest
 from edgeinfer.manifest.streams import WindowSpec
-from edgeinfer.pipeline.windows import Stream
+from edgeinfer.pipeline.streams.windows import Stream
 from edgeinfer.serving.admission import admit
 from edgeinfer.tools.recordings import Recordings
 from tests.compat.fetch import model_file

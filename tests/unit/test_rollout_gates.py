@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgeinfer.pipeline.routing import LATENCY_RUNS, Comparison
-from edgeinfer.updates.rollout_spec import RolloutSpec, evaluate
+from edgeinfer.pipeline.delivery.routing import LATENCY_RUNS, Comparison
+from edgeinfer.updates.rollouts.spec import RolloutSpec, evaluate
 
 SPEC = RolloutSpec.parse({"mode": "canary", "steps": [25, 100], "min_samples": 10})
 

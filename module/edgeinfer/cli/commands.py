@@ -115,7 +115,7 @@ def status(args: argparse.Namespace) -> int:
 def fleet(args: argparse.Namespace) -> int:
     import orjson
 
-    from edgeinfer.tools import fleet as view
+    from edgeinfer.tools.fleet import status as view
 
     selector = view.parse_selector(args.selector)
     modules = view.select(view.collect(broker_settings(args)), selector)
@@ -129,8 +129,8 @@ def fleet(args: argparse.Namespace) -> int:
 def rollout(args: argparse.Namespace) -> int:
     import orjson
 
-    from edgeinfer.tools import fleet as view
-    from edgeinfer.tools.fleet_rollout import RolloutOptions, run_rollout
+    from edgeinfer.tools.fleet import status as view
+    from edgeinfer.tools.fleet.rollout import RolloutOptions, run_rollout
 
     block = None
     if args.module_rollout:

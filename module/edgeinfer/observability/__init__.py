@@ -1,1 +1,2 @@
-"""Prometheus metrics, health endpoints and JSON logs."""
+"""Prometheus metrics, health reports, the status board and JSON logs (served by
+:mod:`edgeinfer.http`)."""

@@ -39,17 +39,17 @@ from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.batching import ReadingQueue
 from edgeinfer.pipeline.batchsize import BatchSizer
 from edgeinfer.pipeline.decode import Decoder, Reading
+from edgeinfer.pipeline.delivery.routed import RoutedAnswers
+from edgeinfer.pipeline.delivery.routing import Route
 from edgeinfer.pipeline.encode import encode_result
 from edgeinfer.pipeline.handoff import Handoff
-from edgeinfer.pipeline.journal import JOURNAL_NAME, Journal
 from edgeinfer.pipeline.loop import ServingLoop
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
-from edgeinfer.pipeline.routed import RoutedAnswers
-from edgeinfer.pipeline.routing import Route
 from edgeinfer.pipeline.runner import Runner, RunStats
+from edgeinfer.pipeline.streams.journal import JOURNAL_NAME, Journal
+from edgeinfer.pipeline.streams.windowed import WindowedAnswers
 from edgeinfer.pipeline.vision_results import VisionResults
-from edgeinfer.pipeline.windowed import WindowedAnswers
 from edgeinfer.runtimes.base import Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError, module_topic
 from edgeinfer.vision.images import ImageGuard

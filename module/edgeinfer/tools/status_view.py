@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeinfer.updates.rollout_spec import GATES
+from edgeinfer.updates.rollouts.spec import GATES
 
 
 def render(doc: dict[str, Any]) -> str:

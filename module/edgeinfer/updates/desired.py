@@ -17,7 +17,7 @@ from edgeinfer.errors import ModelError, UpdateError
 from edgeinfer.manifest.document import Manifest
 from edgeinfer.serving.selftest import check_self_test_spec
 from edgeinfer.updates.download import shown
-from edgeinfer.updates.rollout_spec import RolloutSpec
+from edgeinfer.updates.rollouts.spec import RolloutSpec
 from edgeinfer.updates.states import Target
 from edgeinfer.updates.store import check_part
 

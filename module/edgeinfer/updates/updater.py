@@ -37,7 +37,7 @@ from edgeinfer.updates.gate import Gate
 from edgeinfer.updates.inbox import InboxDrop
 from edgeinfer.updates.local import LocalChanges
 from edgeinfer.updates.reported import Reporter
-from edgeinfer.updates.rollouts import Rollouts, RouteSlot
+from edgeinfer.updates.rollouts.gateway import Rollouts, RouteSlot
 from edgeinfer.updates.served import Served
 from edgeinfer.updates.signing import SequenceVerifier, SignatureVerifier, Verifier, load_public_key
 from edgeinfer.updates.states import Target, UpdateState

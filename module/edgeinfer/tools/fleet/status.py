@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError
-from edgeinfer.tools.fleet_watch import FleetWatch
+from edgeinfer.tools.fleet.watch import FleetWatch
 
 
 def parse_selector(text: str | None) -> dict[str, str]:

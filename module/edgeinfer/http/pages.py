@@ -23,7 +23,7 @@ STATIC = {
 
 @cache
 def _read(name: str) -> bytes:
-    return (resources.files("edgeinfer.observability") / "static" / name).read_bytes()
+    return (resources.files("edgeinfer.http") / "static" / name).read_bytes()
 
 
 def static_file(name: str) -> tuple[bytes, str] | None:

@@ -34,12 +34,12 @@ from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.observability.metrics import Metrics
 from edgeinfer.pipeline.decode import Decoder, Reading
 from edgeinfer.pipeline.encode import encode_result
-from edgeinfer.pipeline.journal import Journal
 from edgeinfer.pipeline.message import Message
 from edgeinfer.pipeline.responder import Responder
 from edgeinfer.pipeline.runner import Runner, RunStats
-from edgeinfer.pipeline.streams import StreamSet
-from edgeinfer.pipeline.windows import Window
+from edgeinfer.pipeline.streams.journal import Journal
+from edgeinfer.pipeline.streams.streamset import StreamSet
+from edgeinfer.pipeline.streams.windows import Window
 from edgeinfer.runtimes.axes import BatchAxes
 from edgeinfer.runtimes.base import Array, Value
 from edgeinfer.topics import TopicTemplate, TopicTooLongError

@@ -19,9 +19,9 @@ from edgeinfer.errors import ReadingError
 from edgeinfer.model.interpretation import interpret
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.pipeline.decode import Reading
+from edgeinfer.pipeline.delivery.routing import FAILED_LABEL, SHADOW, MirrorBudget, Route
 from edgeinfer.pipeline.encode import encode_result
 from edgeinfer.pipeline.message import Message
-from edgeinfer.pipeline.routing import FAILED_LABEL, SHADOW, MirrorBudget, Route
 from edgeinfer.pipeline.runner import Answer, Runner, RunStats
 from edgeinfer.runtimes.base import Value
 

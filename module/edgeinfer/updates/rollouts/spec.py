@@ -8,7 +8,7 @@
                 "on_pass": "promote" | "hold", "on_fail": "rollback" | "pause"}
 
 The gates are evaluated on live readings both versions saw (see
-:mod:`edgeinfer.pipeline.routing`), and only once ``min_samples`` were
+:mod:`edgeinfer.pipeline.delivery.routing`), and only once ``min_samples`` were
 compared: top-1 agreement with the active model, the worst class's flip rate,
 score-distribution drift (the largest gap between the two cumulative score
 histograms, Kolmogorov-Smirnov style), the candidate's p95 latency over the

@@ -38,8 +38,8 @@ import numpy as np
 from edgeinfer.errors import ReadingError
 from edgeinfer.model.streamplan import StreamPlan
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.journal import Journal, sample_key, sample_meta
-from edgeinfer.pipeline.windows import Stream, Window
+from edgeinfer.pipeline.streams.journal import Journal, sample_key, sample_meta
+from edgeinfer.pipeline.streams.windows import Stream, Window
 from edgeinfer.runtimes.base import Array
 
 log = logging.getLogger(__name__)

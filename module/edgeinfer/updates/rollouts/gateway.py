@@ -37,9 +37,9 @@ from typing import Any, Protocol
 from edgeinfer.errors import UpdateError
 from edgeinfer.model.loaded import LoadedModel
 from edgeinfer.observability.metrics import Metrics
-from edgeinfer.pipeline.routing import Comparison, Route
+from edgeinfer.pipeline.delivery.routing import Comparison, Route
 from edgeinfer.updates.reported import Reporter
-from edgeinfer.updates.rollout_spec import GATES, RolloutSpec, evaluate
+from edgeinfer.updates.rollouts.spec import GATES, RolloutSpec, evaluate
 from edgeinfer.updates.served import close_when_released
 from edgeinfer.updates.states import Target, UpdateState
 from edgeinfer.updates.store import ModelStore, StoredVersion

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from edgeinfer.observability.pages import LOGIN_PAGE, static_file, status_page
+from edgeinfer.http.pages import LOGIN_PAGE, static_file, status_page
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,8 @@ from typing import Any
 
 from edgeinfer.config import BrokerConfig
 from edgeinfer.errors import ConfigError, EdgeInferError, UpdateError
-from edgeinfer.tools import fleet
 from edgeinfer.tools.deploy import build_desired
-from edgeinfer.tools.fleet_watch import FleetWatch
-from edgeinfer.tools.rollout_plan import (
+from edgeinfer.tools.fleet.plan import (
     ABORTED,
     ACTIVE,
     DONE,
@@ -48,8 +46,10 @@ from edgeinfer.tools.rollout_plan import (
     parse_waves,
     plan_waves,
 )
-from edgeinfer.tools.rollout_view import live_view
-from edgeinfer.updates.rollout_spec import RolloutSpec
+from edgeinfer.tools.fleet.status import select
+from edgeinfer.tools.fleet.view import live_view
+from edgeinfer.tools.fleet.watch import FleetWatch
+from edgeinfer.updates.rollouts.spec import RolloutSpec
 from edgeinfer.updates.signing import load_private_key, sign
 
 
@@ -109,7 +109,7 @@ def run_rollout(broker: BrokerConfig, options: RolloutOptions) -> int:
                         "--state", str(path), "no unfinished rollout there: pass --resume to go on"
                     )
                 watch = _watch(broker)
-                state = _plan(fleet.select(watch.modules(), options.selector), options, template)
+                state = _plan(select(watch.modules(), options.selector), options, template)
             print(describe_plan(state), flush=True)
             if options.dry_run:
                 return 0

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edgeinfer.tools.rollout_plan import ACTIVE, FAILURES, PENDING, RolloutState
+from edgeinfer.tools.fleet.plan import ACTIVE, FAILURES, PENDING, RolloutState
 
 STYLES = {ACTIVE: "green", PENDING: "dim", "published": "yellow"}
 

@@ -1,0 +1,1 @@
+"""Streams: samples of one stream gathered into windows, with its state, journalled."""

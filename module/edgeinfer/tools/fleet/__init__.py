@@ -1,0 +1,1 @@
+"""Fleets: every module's status, and a rollout across them in waves."""
