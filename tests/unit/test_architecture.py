@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,21 @@ def test_the_readme_layout_names_every_top_level_folder_and_module() -> None:
         or (p.suffix == ".py" and p.name != "__init__.py")
     }
     assert _layout_entries() == actual
+
+
+def test_every_file_and_folder_the_readme_layout_names_is_in_the_package() -> None:
+    """A module moved or renamed is renamed in the layout too (the top level is checked
+    above; this checks the files and sub-folders each line names)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    package = block.split("module/edgeinfer/", 1)[1].split("\nmodels/", 1)[0]
+    files = {p.name for p in PACKAGE.rglob("*.py")}
+    folders = {f"{p.name}/" for p in PACKAGE.rglob("*") if (p / "__init__.py").exists()}
+    named = set(re.findall(r"\b[a-z_]+\.py\b", package))
+    named_folders = set(re.findall(r"\b[a-z_]+/(?=[\s:(,)])", package))  # not deploy/status
+    assert named - files == set(), f"the layout names files the package lacks: {named - files}"
+    missing = named_folders - folders - {"static/", "data/"}
+    assert missing == set(), f"the layout names folders the package lacks: {missing}"
 
 
 def test_every_top_level_room_is_in_a_layer_and_few_modules_stand_loose() -> None:
