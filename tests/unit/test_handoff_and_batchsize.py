@@ -37,3 +37,13 @@ def test_timings_are_smoothed_not_replaced() -> None:
     sizer = BatchSizer(max_batch=1000, row_seconds=0.001, budget_s=0.25)
     sizer.ran(0.011, 1)  # one slow run moves the estimate a fifth of the way
     assert abs(sizer.row_seconds - 0.003) < 1e-12
+
+
+def test_a_swapped_in_model_keeps_what_decoding_costs_and_brings_its_own_timing() -> None:
+    """Decoding's cost is the readings' (a camera's JPEGs), not the model's: kept across a
+    swap, as the engine kept it before the sizer was a piece of its own."""
+    sizer = BatchSizer(max_batch=32, row_seconds=0.01, budget_s=0.25)
+    sizer.decoded(0.04)
+    swapped = sizer.for_model(max_batch=1, row_seconds=0.002)
+    assert (swapped.max_batch, swapped.row_seconds, swapped.budget_s) == (1, 0.002, 0.25)
+    assert swapped.decode_seconds == 0.04

@@ -28,6 +28,13 @@ class BatchSizer:
         self.row_seconds = row_seconds
         self.decode_seconds = 0.0  # a reading's decoding, smoothed (images: milliseconds)
 
+    def for_model(self, max_batch: int, row_seconds: float) -> BatchSizer:
+        """The sizer of another model (a swap): its own limit and timing, and decoding's
+        cost kept (it is the readings', not the model's)."""
+        sizer = BatchSizer(max_batch, row_seconds, self.budget_s)
+        sizer.decode_seconds = self.decode_seconds
+        return sizer
+
     def ran(self, seconds: float, rows: int) -> None:
         """A run of ``rows`` rows took ``seconds``."""
         self.row_seconds = smoothed(self.row_seconds, seconds / max(1, rows))

@@ -154,6 +154,7 @@ class Engine:
         # Readings taken from the queue whose decoding did not fit in the last step:
         # answered first, at the next turn (they came before anything still queued).
         self._held: list[Message] = []
+        self._sizer = BatchSizer(settings.max_batch, 0.0, settings.step_budget_s)
         self._use(active)
         metrics.queue_capacity.set(settings.queue_size)
 
@@ -161,7 +162,7 @@ class Engine:
         self._active = active
         self._decoder = self._decoder_for(active)
         max_batch = self._settings.max_batch if active.batch_axes.batchable else 1
-        self._sizer = BatchSizer(max_batch, active.row_seconds, self._settings.step_budget_s)
+        self._sizer = self._sizer.for_model(max_batch, active.row_seconds)
         self._runner = Runner(max_batch, self._observe_run)
         self._use_streams(active)
 
