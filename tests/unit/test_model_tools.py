@@ -268,3 +268,31 @@ def test_long_commands_show_a_progress_bar_on_a_terminal_and_keep_stdout_clean()
     assert orjson.loads(out)["models"][0]["runs"] == 50
     assert "timed runs: 5 of 5 model rounds" in screen
     assert "\x1b[" in screen and "100%" in screen  # drawn with escape codes, to the end
+
+
+def test_bench_on_a_model_that_refuses_made_up_inputs_asks_for_a_real_reading(
+    tmp_path: Path,
+) -> None:
+    """NudeNet's image sides must be multiples of 32: on generated inputs (dynamic sides
+    16) ONNX Runtime failed deep in the graph, and bench printed only that."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "rows_of_32",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 32])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], np.array([-1, 32], np.int64))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "rows_of_32.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = cli("bench", path, "--runs", "10")
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("edgeinfer: bad configuration: --input = None: expected a reading")
+    assert "failed on generated inputs (x [1, 16]; dynamic dimensions" in error
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((1, 64), np.float32))
+    assert cli("bench", path, "--input", good, "--runs", "10").returncode == 0

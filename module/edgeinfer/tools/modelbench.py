@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import ConfigError, EdgeInferError
+from edgeinfer.errors import ConfigError, EdgeInferError, ModelError
 from edgeinfer.runtimes.axes import infer_batch_axes
 from edgeinfer.runtimes.base import Array, Model
-from edgeinfer.tools.inputs import generate_inputs, load_npz, take_rows
+from edgeinfer.tools.inputs import DYNAMIC_DIM, generate_inputs, load_npz, take_rows
 
 ROUNDS = 5
 
@@ -73,6 +73,19 @@ def sample_feeds(
     return single, batched
 
 
+def _generated_input_refused(feeds: dict[str, Array], exc: ModelError) -> ConfigError:
+    """A model that will not run on made-up inputs (a detector whose image sides must be
+    multiples of 32, say) needs a real reading: say so, and what was made up."""
+    shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+    return ConfigError(
+        "--input",
+        None,
+        f"a reading the model takes (.npz): it failed on generated inputs ({shapes}; "
+        f"dynamic dimensions other than the batch set to {DYNAMIC_DIM}): "
+        + " ".join(str(exc).split()),  # one line: the runtime's message has line breaks
+    )
+
+
 def _worker(
     conn: Connection, path: str, threads: int, input_file: str | None, batch: int, warmup: int
 ) -> None:
@@ -84,7 +97,12 @@ def _worker(
         load_ms = (time.perf_counter() - started) * 1000
         single, batched = sample_feeds(model, Path(input_file) if input_file else None, batch)
         can_batch = infer_batch_axes(model.inputs, model.outputs).batchable and batch > 1
-        time_runs(model, single, warmup)
+        try:
+            time_runs(model, single, warmup)
+        except ModelError as exc:
+            if input_file is not None:
+                raise
+            raise _generated_input_refused(single, exc) from exc
         if can_batch:
             time_runs(model, batched, max(1, warmup // 4))
         conn.send(
