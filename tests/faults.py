@@ -78,6 +78,7 @@ class TcpProxy:
         self._to_lose = 0
         self.port = free_port()
         self.first_reply_delay_s = 0.0  # broker -> client: the first bytes (CONNACK) wait this long
+        self.request_delay_s = 0.0  # client -> broker: every read waits this long (a slow link)
         self.max_inflight: int | None = None  # cut a client with more unacked QoS 1 PUBLISHes
         self.connections = 0
         self.violations = 0
@@ -159,6 +160,8 @@ class TcpProxy:
                     break
                 if not up and first and self.first_reply_delay_s:
                     time.sleep(self.first_reply_delay_s)
+                if up and self.request_delay_s:
+                    time.sleep(self.request_delay_s)
                 first = False
                 while self._stalled.is_set() and not self._closing.is_set():
                     time.sleep(0.01)

@@ -177,7 +177,8 @@ class EdgeInferModule:
         )
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when connected to the broker, a model is active and answers are taken."""
+        """Ready when connected to the broker and subscribed (every SUBACK in), a model is
+        active and answers are taken."""
         if not self.connection.connected:
             return False, f"not connected to the broker: {self.connection.last_error}"
         refusing = self.responder.refusing
@@ -185,6 +186,9 @@ class EdgeInferModule:
             return False, refusing
         for flt, why in self.connection.subscription_errors.items():
             return False, f"the broker refused the subscription to {flt!r}: {why}"
+        waiting = self.connection.subscribing
+        if waiting:  # a reading published meanwhile may be dropped by the broker
+            return False, f"subscribing: no SUBACK yet for {waiting[0]!r}"
         return True, "ok"
 
     # -- lifecycle -----------------------------------------------------------------

@@ -170,6 +170,29 @@ def test_results_keep_their_order_per_topic_across_reconnects_with_a_slow_connac
     pub.flush()
 
 
+def test_readyz_waits_for_the_subscriptions_so_a_reading_sent_once_ready_is_answered(
+    collector: Callable[..., Collector],
+    publisher: Callable[..., Publisher],
+    proxy: TcpProxy,
+    modules: list[ModuleProcess],
+    tmp_path: Path,
+    recordings: Recordings,
+) -> None:
+    """Ready meant connected: on a slow link (every packet to the broker 0.4 s late) the
+    SUBSCRIBE reached the broker after /readyz said 200, and a reading published then, to a
+    new session with no subscription yet, was dropped by the broker (a CI run lost one so,
+    at the full speed of loopback)."""
+    proxy.request_delay_s = 0.4
+    module = ModuleProcess(proxy.url, ONNX_MODEL, tmp_path)
+    modules.append(module.start(wait=False))
+    sink = collector([module.result_topic("+")])
+    pub = publisher()
+    module.wait_ready(timeout=30)
+    pub.send(module.topic("live"), reading(recordings, 7))  # straight to the broker
+    pub.flush()
+    assert [d["id"] for d in sink.wait_for(1, timeout=10) and sink.docs()] == [7]
+
+
 def test_a_retained_reading_is_not_answered_by_default_not_even_after_a_reconnect(
     collector: Callable[..., Collector],
     publisher: Callable[..., Publisher],

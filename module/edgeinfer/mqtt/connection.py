@@ -420,6 +420,11 @@ class MqttConnection:
         """Filters the broker refused, and why."""
         return self._subscriptions.errors
 
+    @property
+    def subscribing(self) -> list[str]:
+        """Filters whose SUBACK has not come yet on this connection."""
+        return self._subscriptions.awaited
+
     def _is_stale(self, token: object) -> bool:
         """True for an answer to a QoS 1 reading the broker will redeliver (see Outbox)."""
         return isinstance(token, Ticket) and token.qos > 0 and self._redeliveries.of(token.epoch)

@@ -5,7 +5,7 @@ again on every CONNACK. With MQTT 5 the broker applies the retained-message
 rule (retain handling 2: no stored copies at all, 1: only for a new
 subscription); with 3.1.1 the module applies it. A SUBACK that refuses a filter
 is logged and kept (``errors``) until a later SUBACK grants it: ``/readyz``
-names it.
+names it, and is not ready until every SUBACK of the connection has come.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Subscriptions:
 
     def subscribe(self, client: paho.Client) -> None:
         """Subscribe to everything (on each CONNACK)."""
+        self._pending = {}  # an earlier connection's SUBACKs will never come
         for flt, qos in self._filters:
             if self._v5:
                 _, mid = client.subscribe(flt, options=self._options(flt, qos))
@@ -82,6 +83,12 @@ class Subscriptions:
         why = f"{refused} (0x{int(refused.value):02x})"
         self.errors[flt] = why
         log.error("the broker refused the subscription to %r: %s", flt, why)
+
+    @property
+    def awaited(self) -> list[str]:
+        """Filters subscribed on this connection whose SUBACK has not come yet: until it
+        does, the broker may drop a reading published to them (a new session)."""
+        return list(self._pending.values())
 
     def wants_retained(self, session_present: bool) -> bool:
         """Whether a retained reading (a stored copy, never a live one) is answered."""
